@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Installs everything `make up` and `make test` need, idempotently; each step is skipped when its stamp
+# says it is already done. Debian packages, two Python environments, and the Pulumi tools (CLI, Python
+# language host, dynamic-provider shim), which are Go programs: taken from PATH when they are there at the
+# pinned version, else built from the Go module proxy into .tools/bin.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TOOLS=$ROOT/.tools
+BIN=$TOOLS/bin
+mkdir -p "$BIN"
+
+# Versions, kept together. The Python SDK on PyPI is 3.272.0; the Go module proxy serves the CLI
+# (pkg/v3) from 3.274 on, so the CLI is the nearest later release (a CLI newer than the SDK is supported).
+PULUMI_CLI_VERSION=v3.274.1
+PULUMI_PY_SDK_VERSION=v3.272.0      # must equal pulumi== in requirements.txt
+# The proxy does not serve the language host's own module; sdk/v3 carried it up to v3.68.0.
+PULUMI_LANGHOST_VERSION=v3.68.0
+
+step() { printf '\n==> %s\n' "$*"; }
+stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+
+# -- Debian packages ---------------------------------------------------------------------------------
+APT_PACKAGES="slurm-wlm munge openssh-server openssh-client rsync"
+if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
+  step "Debian packages: $APT_PACKAGES"
+  if [ "$(id -u)" != 0 ]; then echo "bootstrap: installing Debian packages needs root" >&2; exit 1; fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null
+fi
+
+# -- Python environments -----------------------------------------------------------------------------
+venv() {  # venv DIR REQUIREMENTS [extra pip args]
+  local dir=$1 req=$2; shift 2
+  local want; want=$(cat "$req" | sha256sum | cut -d' ' -f1)
+  if stamp_ok "$dir/.stamp" "$want"; then return; fi
+  step "Python environment $dir from $req"
+  [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check -r "$req" "$@"
+  echo "$want" > "$dir/.stamp"
+}
+grep -q "^pulumi==${PULUMI_PY_SDK_VERSION#v}$" requirements.txt || {
+  echo "bootstrap: requirements.txt must pin pulumi==${PULUMI_PY_SDK_VERSION#v}" >&2; exit 1; }
+venv .venv requirements.txt
+venv .venv-workloads workloads/requirements.txt
+
+# -- Pulumi tools ------------------------------------------------------------------------------------
+export GOFLAGS=-mod=mod
+want_tools="$PULUMI_CLI_VERSION $PULUMI_LANGHOST_VERSION $PULUMI_PY_SDK_VERSION"
+if ! stamp_ok "$BIN/.stamp" "$want_tools"; then
+  if command -v pulumi >/dev/null && [ "$(command -v pulumi)" != "$BIN/pulumi" ] \
+     && [ "$(pulumi version 2>/dev/null)" = "$PULUMI_CLI_VERSION" ] && command -v pulumi-language-python >/dev/null; then
+    step "Pulumi $PULUMI_CLI_VERSION found on PATH"
+    ln -sf "$(command -v pulumi)" "$BIN/pulumi"
+    ln -sf "$(command -v pulumi-language-python)" "$BIN/pulumi-language-python"
+  elif curl -fsS --max-time 5 -o /dev/null https://get.pulumi.com/ 2>/dev/null; then
+    step "Pulumi $PULUMI_CLI_VERSION from the official installer"
+    curl -fsSL https://get.pulumi.com | sh -s -- --version "${PULUMI_CLI_VERSION#v}" --install-root "$TOOLS/pulumi" --no-edit-path
+    for f in "$TOOLS"/pulumi/bin/*; do ln -sf "$f" "$BIN/$(basename "$f")"; done
+  else
+    if ! command -v go >/dev/null; then echo "bootstrap: Pulumi is not on PATH and Go is missing to build it" >&2; exit 1; fi
+    step "Building the Pulumi CLI $PULUMI_CLI_VERSION from the Go module proxy (first time: ~10 min on 2 cores)"
+    (cd tools/go/pulumi-cli && go build \
+      -ldflags "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_CLI_VERSION" \
+      -o "$BIN/pulumi" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi)
+    step "Building pulumi-language-python ($PULUMI_LANGHOST_VERSION)"
+    (cd tools/go/pulumi-language-python && go build -o "$BIN/pulumi-language-python" \
+      github.com/pulumi/pulumi/sdk/v3/python/cmd/pulumi-language-python)
+  fi
+  # The scripts the language host runs beside it ship as plain files in the SDK's Go module.
+  sdk_dir=$(go mod download -json "github.com/pulumi/pulumi/sdk/v3@$PULUMI_PY_SDK_VERSION" \
+            | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  install -m 0755 "$sdk_dir/python/cmd/pulumi-language-python-exec" "$BIN/pulumi-language-python-exec"
+  install -m 0755 "$sdk_dir/python/dist/pulumi-resource-pulumi-python" "$BIN/pulumi-resource-pulumi-python"
+  echo "$want_tools" > "$BIN/.stamp"
+fi
+echo "bootstrap: ready ($("$BIN/pulumi" version), Python SDK ${PULUMI_PY_SDK_VERSION#v})"
