@@ -50,6 +50,11 @@ if "mlops_1_1" in s.tasks:
         lambda v: task_result("mlops_1_1", v[0], {"device": v[0].get("device"), "device_name": v[0].get("device_name")},
                               job=v[1], staging=v[2])))
 
+if hpc.login is not None:
+    pulumi.export("embedded_login", pulumi.Output.all(hpc.login, hpc.login_known_hosts).apply(
+        lambda v: {**v[0], "known_hosts_file": v[1]}))
+    pulumi.export("embedded_ssh_private_key", pulumi.Output.secret(hpc.login_private_key))
+
 pulumi.export("validation", {
     "stack": cfg.stack, "profile": s.profile, "tasks": list(s.tasks), "hpc_target": hpc.where,
     "cluster_id": hpc.cluster_id, "shared_storage": hpc.root,

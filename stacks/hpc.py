@@ -42,6 +42,10 @@ class HpcTarget(pulumi.ComponentResource):
                     lambda v: {"kind": "ssh", "host": "127.0.0.1", "port": v[0], "user": "root",
                                "private_key": v[1], "known_hosts": v[2]})
             self.cluster_id = cluster.id_
+            # The login node as a site stack would name it (the integration tests point one at it).
+            self.login = cluster.ssh_port.apply(lambda p: {"host": "127.0.0.1", "port": p, "user": "root"})
+            self.login_private_key = cluster.private_key
+            self.login_known_hosts = cluster.known_hosts
             shared = cluster.shared_storage
             self.where = pulumi.Output.concat("embedded single-node SLURM on 127.0.0.1 (", hpc.embedded.submit_via,
                                               " submission)")
@@ -49,9 +53,11 @@ class HpcTarget(pulumi.ComponentResource):
             ssh = hpc.ssh
             self.connection = args.ssh_private_key.apply(
                 lambda key: {"kind": "ssh", "host": ssh.host, "port": ssh.port, "user": ssh.user,
-                             "private_key": key, "connect_timeout": ssh.connect_timeout_seconds})
+                             "private_key": key, "connect_timeout": ssh.connect_timeout_seconds,
+                             "known_hosts": ssh.known_hosts_file})
             self.cluster_id = pulumi.Output.from_input(f"{ssh.user}@{ssh.host}:{ssh.port}")
             shared = pulumi.Output.from_input(s.shared_storage(args.stack))
+            self.login = self.login_private_key = self.login_known_hosts = None
             self.where = pulumi.Output.from_input(f"SLURM login node {ssh.user}@{ssh.host}:{ssh.port}")
         self.connection = pulumi.Output.secret(self.connection)
         self.root = shared.apply(lambda p: f"{p.rstrip('/')}/mlops-validation/{args.stack}")

@@ -71,7 +71,8 @@ def probe(conn: Connection, root: str, partition: str, gpus_per_node: int, jobs:
         conn.run(f"scancel {' '.join(unfinished)}", check=False)
 
     ok = [r for r in results.values() if r["state"] == "COMPLETED" and r["exit_code"].startswith("0:")]
-    latencies = [r["latency"] for r in ok if r["latency"] is not None]
+    latencies = [r["latency"] for _, r in sorted(results.items(), key=lambda kv: int(kv[0]))
+                 if r in ok and r["latency"] is not None]
     with_gpu = [r for r in ok if r["cuda_visible_devices"]]
 
     # A request beyond the node's GPUs must be refused at submission, not queued forever.
@@ -88,6 +89,7 @@ def probe(conn: Connection, root: str, partition: str, gpus_per_node: int, jobs:
         "submit_to_start_median_seconds": round(statistics.median(latencies), 3) if latencies else None,
         "submit_to_start_p95_seconds": _percentile(latencies, 0.95),
         "submit_to_start_max_seconds": round(max(latencies), 3) if latencies else None,
+        "submit_to_start_seconds": [round(x, 3) for x in latencies],
         "gres_requested": gres_flag or "none",
         "gres_env_fraction": round(len(with_gpu) / len(ok), 4) if ok and gpus_per_node else None,
         "gres_devices_seen": sorted({r["cuda_visible_devices"] for r in ok}),

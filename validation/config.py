@@ -34,6 +34,7 @@ class SshTarget(_Model):
     port: int = Field(22, ge=1, le=65535)
     user: str = Field(min_length=1)
     connect_timeout_seconds: int = Field(10, ge=1, le=300)
+    known_hosts_file: Optional[str] = None  # default: the user's ~/.ssh/known_hosts (new hosts are accepted once)
 
 
 class EmbeddedCluster(_Model):

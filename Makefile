@@ -1,0 +1,35 @@
+# mlops-validation. `make up` runs the validation on the embedded default (stack `dev`), `make test` runs
+# every test, `make down` removes what `make up` made. STACK=<site> points them at another stack.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+STACK ?= dev
+
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.venv/bin:$(PATH)
+export PYTHONPATH := $(CURDIR)
+export PULUMI_HOME := $(CURDIR)/.tools/pulumi-home
+export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi-state
+# Passphrase of the local secrets provider. This default is for the embedded default only and is no
+# secret: a real site exports its own PULUMI_CONFIG_PASSPHRASE (or uses another secrets provider).
+export PULUMI_CONFIG_PASSPHRASE ?= mlops-validation-dev-only
+export PULUMI_SKIP_UPDATE_CHECK := true
+export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION := true
+export DO_NOT_TRACK := 1
+
+.PHONY: setup up preview down test unit-test integration-test report
+setup:
+	@tools/bootstrap.sh
+
+up: setup        ## pulumi up on $(STACK), then reports/$(STACK)/{outputs.json,report.md}
+	@tools/stack.sh up $(STACK)
+
+preview: setup   ## what CI runs on pull requests
+	@tools/stack.sh preview $(STACK)
+
+down: setup      ## pulumi destroy on $(STACK): daemons stopped, jobs cancelled, files removed
+	@tools/stack.sh down $(STACK)
+
+report:          ## rebuild reports/$(STACK)/report.md from its outputs.json
+	@.venv/bin/python -m validation.report reports/$(STACK)/outputs.json
+
+test: setup      ## unit tests, then a real pulumi up / acceptance tests / destroy of a throwaway stack
+	@.venv/bin/python -m pytest -q tests/unit tests/integration

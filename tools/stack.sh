@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# tools/stack.sh up|preview|down STACK — one Pulumi stack's lifecycle, with its reports.
+# Run through the Makefile, which sets the Pulumi environment (local backend, tools on PATH).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+action=$1 stack=$2
+reports=reports/$stack
+mkdir -p .pulumi-state "$reports"
+
+if [ ! -f "Pulumi.$stack.yaml" ]; then
+  echo "stack.sh: no Pulumi.$stack.yaml here (a site copies examples/Pulumi.mysite.yaml)" >&2; exit 2
+fi
+pulumi stack select --create --secrets-provider passphrase "$stack" >/dev/null || exit 1
+
+# Pulumi prints a dynamic provider's failure as a Python traceback; end with its last line, the cause.
+explain() {
+  local log=$1
+  local causes
+  causes=$(grep -E '^\s+[A-Za-z_.]*(Error|Unreachable|Exception): ' "$log" | sed -E 's/^\s+[A-Za-z_.]*\.//' | sort -u)
+  if [ -n "$causes" ]; then printf '\nmlops-validation: %s failed:\n%s\n' "$action" "$causes" >&2; fi
+}
+
+case $action in
+  up)
+    log=$(mktemp)
+    started=$(date +%s.%N)
+    pulumi up --yes --non-interactive --stack "$stack" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    seconds=$(python3 -c "import time; print(round(time.time() - $started, 1))")
+    # Whatever the outcome, keep what was measured: the outputs and a report a person can read.
+    pulumi stack output --json --stack "$stack" > "$reports/outputs.json" 2>/dev/null || echo '{}' > "$reports/outputs.json"
+    python3 -c "import json,sys; p='$reports/outputs.json'; d=json.load(open(p)); d['_run']={'action':'up','exit_code':$rc,'pulumi_seconds':$seconds}; json.dump(d,open(p,'w'),indent=2)"
+    .venv/bin/python -m validation.report "$reports/outputs.json" || true
+    [ "$rc" = 0 ] || { explain "$log"; rm -f "$log"; exit "$rc"; }
+    rm -f "$log"
+    echo "Outputs: $reports/outputs.json   Report: $reports/report.md"
+    ;;
+  preview)
+    pulumi preview --non-interactive --stack "$stack"
+    ;;
+  down)
+    log=$(mktemp)
+    pulumi destroy --yes --non-interactive --stack "$stack" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || { explain "$log"; rm -f "$log"; exit "$rc"; }
+    rm -f "$log"
+    ;;
+  *) echo "usage: tools/stack.sh up|preview|down STACK" >&2; exit 2 ;;
+esac

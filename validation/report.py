@@ -1,0 +1,138 @@
+"""Turn a stack's outputs (`pulumi stack output --json`) into a report a person can read: report.md with
+a verdict table per task and plots beside it.
+
+    python -m validation.report reports/dev/outputs.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on a cluster or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+STATUS = {"pass": "✅ pass", "fail": "❌ FAIL", "not_applicable": "➖ not applicable", "missing": "❌ MISSING"}
+TITLES = {"slurm": "SLURM scheduler and GRES", "storage": "Shared storage (BeeGFS at a site)",
+          "mlops_1_1": "MLOPS-1.1 Single-GPU MNIST training"}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def _targets_table(result: dict) -> list[str]:
+    lines = ["| target | spec says | measured | verdict |", "|---|---|---|---|"]
+    for t in result.get("targets", []):
+        verdict = STATUS[t["status"]] + (f" — {t['reason']}" if t.get("reason") else "")
+        source = "" if t.get("source") == "spec" else " (project goal)"
+        lines.append(f"| {t['metric']}{source} | {t['target']} | {_fmt(t.get('value'))} | {verdict} |")
+    return lines
+
+
+def _plot_loss(metrics: dict, path: Path) -> bool:
+    curve = metrics.get("loss_curve")
+    if not curve:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(range(1, len(curve) + 1), curve, marker="o")
+    ax.set(xlabel="epoch", ylabel="mean training loss", title="MNIST training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_latency(metrics: dict, path: Path) -> bool:
+    latencies = metrics.get("submit_to_start_seconds")
+    if not latencies:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(range(1, len(latencies) + 1), latencies)
+    ax.set(xlabel="job (in order of submission)", ylabel="seconds",
+           title="sbatch → job start (includes queueing for the GPUs)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_storage(metrics: dict, path: Path) -> bool:
+    bars = {k: metrics.get(k) for k in ("write_mb_per_s", "read_mb_per_s", "cross_job_read_mb_per_s")}
+    bars = {k.replace("_mb_per_s", "").replace("_", " "): v for k, v in bars.items() if v}
+    if not bars:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(list(bars), list(bars.values()), color=["#4c72b0", "#55a868", "#c44e52"][: len(bars)])
+    ax.set(ylabel="MB/s", title=f"Shared storage ({metrics.get('fs_type')}, {metrics.get('bytes', 0) >> 20} MiB file)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+PLOTS = {"mlops_1_1": [("mnist_loss.png", _plot_loss)], "slurm": [("slurm_latency.png", _plot_latency)],
+         "storage": [("storage_throughput.png", _plot_storage)]}
+
+
+def render(outputs: dict, folder: Path) -> str:
+    info = outputs.get("validation", {})
+    run = outputs.get("_run", {})
+    tasks = [t for t in info.get("tasks", TITLES) if t in outputs]
+    counts = {"pass": 0, "fail": 0, "not_applicable": 0, "missing": 0}
+    for task in tasks:
+        for status, n in outputs[task].get("summary", {}).items():
+            counts[status] += n
+    ok = counts["fail"] == 0 and counts["missing"] == 0 and run.get("exit_code", 0) == 0
+    lines = [f"# MLOps validation report — stack `{info.get('stack', '?')}`", "",
+             f"**Verdict: {'PASS' if ok else 'FAIL'}** — {counts['pass']} targets met, {counts['fail']} failed, "
+             f"{counts['missing']} missing, {counts['not_applicable']} not applicable on this hardware.", "",
+             f"- Cluster: {info.get('hpc_target', '?')} (`{info.get('cluster_id', '?')}`), profile `{info.get('profile')}`",
+             f"- Shared storage: `{info.get('shared_storage', '?')}`"]
+    if info.get("note"):
+        lines.append(f"- Note: {info['note']}")
+    if run:
+        lines.append(f"- `pulumi up` exit code {run.get('exit_code')}, {run.get('pulumi_seconds')} s")
+    missing_tasks = [t for t in info.get("tasks", []) if t not in outputs]
+    if missing_tasks:
+        lines.append(f"- **Tasks with no output (their resources failed):** {', '.join(missing_tasks)}")
+    for task in tasks:
+        result = outputs[task]
+        lines += ["", f"## {TITLES.get(task, task)}", ""] + _targets_table(result)
+        job = result.get("job")
+        if job:
+            lines += ["", f"SLURM job {job.get('job_id')} on `{job.get('node')}`: {job.get('state')}, exit "
+                          f"{job.get('exit_code')}, {job.get('elapsed_seconds')} s; GRES environment "
+                          f"`CUDA_VISIBLE_DEVICES={job.get('gres_env', {}).get('CUDA_VISIBLE_DEVICES')}`; "
+                          f"log `{job.get('log_path')}`"]
+        for name, plot in PLOTS.get(task, []):
+            if plot(result.get("metrics", {}), folder / name):
+                lines += ["", f"![{name}]({name})"]
+        shown = {k: v for k, v in result.get("metrics", {}).items() if not isinstance(v, (dict, list))}
+        lines += ["", "<details><summary>All metrics</summary>", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(shown.items())]
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    source = Path(argv[0])
+    outputs = json.loads(source.read_text())
+    report = source.with_name("report.md")
+    report.write_text(render(outputs, source.parent))
+    print(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
