@@ -5,6 +5,7 @@
 # pinned version, else built from the Go module proxy into .tools/bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SECONDS=0
 ROOT=$PWD
 TOOLS=$ROOT/.tools
 BIN=$TOOLS/bin
@@ -74,4 +75,4 @@ if ! stamp_ok "$BIN/.stamp" "$want_tools"; then
   install -m 0755 "$sdk_dir/python/dist/pulumi-resource-pulumi-python" "$BIN/pulumi-resource-pulumi-python"
   echo "$want_tools" > "$BIN/.stamp"
 fi
-echo "bootstrap: ready ($("$BIN/pulumi" version), Python SDK ${PULUMI_PY_SDK_VERSION#v})"
+echo "bootstrap: ready in ${SECONDS} s ($("$BIN/pulumi" version), Python SDK ${PULUMI_PY_SDK_VERSION#v})"

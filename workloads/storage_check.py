@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from workloads.metrics_io import write_json_atomic
+
 
 CHUNK = 4 << 20
 DATA_FILE = "storage_check.bin"
@@ -96,12 +98,6 @@ def verify(directory: Path) -> dict:
             "read_seconds": round(read_s, 4), "read_mb_per_s": round(size / 1e6 / read_s, 1)}
 
 
-def write_metrics(path: Path, metrics: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(path)  # atomic: the stack never reads half a file
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["write", "verify"])
@@ -114,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     result = write(args.dir, args.size_mb) if args.mode == "write" else verify(args.dir)
     result.update(mode=args.mode, path=str(args.dir / DATA_FILE), hostname=socket.gethostname(),
                   **filesystem_type(args.dir))
-    write_metrics(args.out_dir / "metrics.json", result)
+    write_json_atomic(args.out_dir / "metrics.json", result)
     print(json.dumps(result))
     return 0 if result["checksum_ok"] else 1
 
