@@ -8,6 +8,7 @@ from pathlib import Path
 import pulumi
 
 from stacks import config
+from stacks.cifar import CifarDataParallel, CifarDataParallelArgs
 from stacks.hpc import HpcTarget, HpcTargetArgs
 from stacks.mnist import MnistTraining, MnistTrainingArgs
 from stacks.sbatch_job import WorkloadContext
@@ -49,6 +50,14 @@ if "mlops_1_1" in s.tasks:
     pulumi.export("mlops_1_1", pulumi.Output.all(mnist.metrics, mnist.job.summary(), mnist.staging).apply(
         lambda v: task_result("mlops_1_1", v[0], {"device": v[0].get("device"), "device_name": v[0].get("device_name")},
                               job=v[1], staging=v[2])))
+
+if "mlops_2_1" in s.tasks:
+    cifar = CifarDataParallel("mlops-2-1", ctx, CifarDataParallelArgs(
+        datasets_dir=s.datasets_dir, epochs=s.cifar.epochs, global_batch_size=s.cifar.global_batch_size,
+        max_train_samples=s.cifar_max_train_samples, time_limit_minutes=s.hpc.job_timeout_minutes))
+    pulumi.export("mlops_2_1", pulumi.Output.all(cifar.metrics, cifar.single.summary(), cifar.double.summary()).apply(
+        lambda v: task_result("mlops_2_1", v[0], {"device": v[0].get("device"), "device_name": v[0].get("device_name")},
+                              jobs={"1gpu": v[1], "2gpu": v[2]})))
 
 if hpc.login is not None:
     pulumi.export("embedded_login", pulumi.Output.all(hpc.login, hpc.login_known_hosts).apply(

@@ -8,7 +8,8 @@ import pulumi
 
 from validation.config import ConfigError, Settings, parse
 
-KEYS = ("profile", "tasks", "hpc", "datasetsDir", "storage", "slurmProbe", "mnist")
+OBJECT_KEYS = ("tasks", "hpc", "storage", "slurmProbe", "mnist", "cifar")
+KEYS = ("profile", "datasetsDir", *OBJECT_KEYS)
 
 
 @dataclass
@@ -20,7 +21,7 @@ class StackConfig:
 
 def load() -> StackConfig:
     cfg = pulumi.Config()
-    raw = {key: cfg.get_object(key) if key in ("tasks", "hpc", "storage", "slurmProbe", "mnist") else cfg.get(key)
+    raw = {key: cfg.get_object(key) if key in OBJECT_KEYS else cfg.get(key)
            for key in KEYS}
     try:
         settings = parse(raw)

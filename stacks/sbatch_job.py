@@ -200,13 +200,16 @@ class SbatchJob(pulumi.ComponentResource):
 
 
 def workload_command(python: str, code_dir: str, module: str, args: str, shared_root: str,
-                     container_image: Optional[str] = None) -> str:
+                     container_image: Optional[str] = None, tasks: int = 1) -> str:
     """The job's command line for a workload entry point: `python -m workloads.<task> ...`, run from the
-    staged code, inside the site's Apptainer image when one is configured."""
+    staged code, inside the site's Apptainer image when one is configured, and under `srun` (one process
+    a task, which is how multi-GPU jobs find their rank) when the job has several tasks."""
     run = f"{python} -m {module} {args}"
     if container_image:
         run = (f"apptainer exec --nv --bind {shlex.quote(shared_root)} --env PYTHONPATH={shlex.quote(code_dir)} "
                f"{shlex.quote(container_image)} {run}")
+    if tasks > 1:
+        run = f"srun --ntasks={tasks} --kill-on-bad-exit=1 {run}"
     return f"cd {shlex.quote(code_dir)}\nexport PYTHONPATH={shlex.quote(code_dir)}\n{run}"
 
 
@@ -225,10 +228,10 @@ class WorkloadContext:
     container_image: Optional[str] = None
 
     def job(self, name: str, module: str, args: pulumi.Input[str], gpus: int = 0, cpus: Optional[int] = None,
-            time_limit_minutes: int = 30, opts: Optional[pulumi.ResourceOptions] = None) -> SbatchJob:
+            tasks: int = 1, time_limit_minutes: int = 30, opts: Optional[pulumi.ResourceOptions] = None) -> SbatchJob:
         command = pulumi.Output.all(self.code_dir, self.root, args).apply(
-            lambda v: workload_command(self.python, v[0], module, v[2], v[1], self.container_image))
+            lambda v: workload_command(self.python, v[0], module, v[2], v[1], self.container_image, tasks))
         return SbatchJob(name, SbatchJobArgs(
             connection=self.connection, cluster_id=self.cluster_id, job_root=self.root.apply(lambda r: f"{r}/jobs"),
             command=command, partition=self.partition, gres=f"gpu:{gpus}" if gpus and self.gpus_per_node else None,
-            cpus_per_task=cpus or 1, time_limit_minutes=time_limit_minutes), opts)
+            ntasks=tasks, cpus_per_task=cpus or 1, time_limit_minutes=time_limit_minutes), opts)

@@ -14,8 +14,8 @@ from pydantic.alias_generators import to_camel
 PROJECT = "mlops-validation"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-TaskName = Literal["slurm", "storage", "mlops_1_1"]
-ALL_TASKS: tuple[str, ...] = ("slurm", "storage", "mlops_1_1")
+TaskName = Literal["slurm", "storage", "mlops_1_1", "mlops_2_1"]
+ALL_TASKS: tuple[str, ...] = ("slurm", "storage", "mlops_1_1", "mlops_2_1")
 
 
 class ConfigError(ValueError):
@@ -90,6 +90,12 @@ class Mnist(_Model):
     batch_size: Optional[int] = Field(None, ge=1, le=65536)
 
 
+class Cifar(_Model):
+    epochs: Optional[int] = Field(None, ge=1, le=200)
+    global_batch_size: Optional[int] = Field(None, ge=2, le=65536)
+    max_train_samples: Optional[int] = Field(None, ge=100, le=50000)
+
+
 class StorageCheck(_Model):
     size_mb: Optional[int] = Field(None, ge=1, le=1024 * 1024)
 
@@ -100,8 +106,8 @@ class SlurmProbe(_Model):
 
 # Sizes per profile: `smoke` fits 2 CPU cores and CI, `full` a GPU cluster.
 PROFILE_DEFAULTS = {
-    "smoke": {"storage_mb": 64, "probe_jobs": 10},
-    "full": {"storage_mb": 4096, "probe_jobs": 100},
+    "smoke": {"storage_mb": 64, "probe_jobs": 10, "cifar_max_train_samples": None},
+    "full": {"storage_mb": 4096, "probe_jobs": 100, "cifar_max_train_samples": None},
 }
 
 
@@ -113,6 +119,7 @@ class Settings(_Model):
     storage: StorageCheck = StorageCheck()
     slurm_probe: SlurmProbe = SlurmProbe()
     mnist: Mnist = Mnist()
+    cifar: Cifar = Cifar()
 
     @property
     def storage_mb(self) -> int:
@@ -121,6 +128,10 @@ class Settings(_Model):
     @property
     def probe_jobs(self) -> int:
         return self.slurm_probe.jobs or PROFILE_DEFAULTS[self.profile]["probe_jobs"]
+
+    @property
+    def cifar_max_train_samples(self) -> Optional[int]:
+        return self.cifar.max_train_samples or PROFILE_DEFAULTS[self.profile]["cifar_max_train_samples"]
 
     def state_dir(self, stack: str) -> str:
         return self.hpc.embedded.state_dir or f"/tmp/mlops-validation/{stack}"

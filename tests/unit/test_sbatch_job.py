@@ -35,3 +35,8 @@ def test_workload_command_plain_and_apptainer():
                                   "/env/bin/python -m workloads.mnist --x 1"]
     boxed = workload_command("python3", "/shared/code", "workloads.mnist", "", "/shared", "/img/w.sif")
     assert "apptainer exec --nv --bind /shared --env PYTHONPATH=/shared/code /img/w.sif python3 -m workloads.mnist" in boxed
+
+
+def test_workload_command_multi_task_runs_under_srun():
+    cmd = workload_command("py", "/c", "workloads.cifar10", "--a", "/s", tasks=2)
+    assert cmd.splitlines()[-1] == "srun --ntasks=2 --kill-on-bad-exit=1 py -m workloads.cifar10 --a"
