@@ -31,5 +31,6 @@ down: setup      ## pulumi destroy on $(STACK): daemons stopped, jobs cancelled,
 report:          ## rebuild reports/$(STACK)/report.md from its outputs.json
 	@.venv/bin/python -m validation.report reports/$(STACK)/outputs.json
 
-test: setup      ## unit tests, then a real pulumi up / acceptance tests / destroy of a throwaway stack
+test: setup      ## workload tests, unit tests, then a real pulumi up / acceptance tests / destroy of a throwaway stack
+	@.venv-workloads/bin/python -m pytest -q tests/workloads
 	@.venv/bin/python -m pytest -q tests/unit tests/integration

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-# These need the workloads' environment (.venv-workloads); elsewhere (the Pulumi .venv) skip, don't error.
-np = pytest.importorskip("numpy")
-torch = pytest.importorskip("torch")
+# tests/workloads/ runs in the workloads' environment (.venv-workloads), where torch must be present.
+import numpy as np
+import torch
 
-from workloads import evaluate_mnist, mnist  # noqa: E402
-from workloads.metrics_io import sha256_file, write_json_atomic  # noqa: E402
+from workloads import evaluate_mnist, mnist
+from workloads.metrics_io import sha256_file, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 # TorchScript is the agreed format; torch's deprecation notice for torch.jit is expected noise.
