@@ -13,7 +13,7 @@ from stacks.hpc import HpcTarget, HpcTargetArgs
 from stacks.mnist import MnistTraining, MnistTrainingArgs
 from stacks.sbatch_job import WorkloadContext
 from stacks.slurm_probe import SlurmProbe, SlurmProbeArgs
-from stacks.staging import StagedDirectory, StagedDirectoryArgs, manifest
+from stacks.staging import StagedDirectory, StagedDirectoryArgs, manifest, manifest_digest
 from stacks.storage_check import StorageCheck
 from validation.targets import task_result
 
@@ -22,14 +22,15 @@ WORKLOADS = Path(__file__).resolve().parent / "workloads"
 cfg = config.load()
 s = cfg.settings
 hpc = HpcTarget("hpc", HpcTargetArgs(settings=s, stack=cfg.stack, ssh_private_key=cfg.ssh_private_key))
+code_files = manifest(WORKLOADS)
 code = StagedDirectory("workloads-code", StagedDirectoryArgs(
     connection=hpc.connection, cluster_id=hpc.cluster_id, source=str(WORKLOADS),
-    destination=hpc.root.apply(lambda r: f"{r}/code/workloads"), files=manifest(WORKLOADS)))
+    destination=hpc.root.apply(lambda r: f"{r}/code/workloads"), files=code_files))
 ctx = WorkloadContext(
     connection=hpc.connection, cluster_id=hpc.cluster_id, root=hpc.root,
     code_dir=code.path.apply(lambda p: p.rsplit("/", 1)[0]), python=s.cluster_python(),
     partition=s.hpc.partition, gpus_per_node=s.hpc.gpus_per_node, cpus_per_task=s.hpc.cpus_per_task,
-    container_image=s.hpc.container.image)
+    container_image=s.hpc.container.image, code_version=manifest_digest(code_files))
 no_gpu = {"device": "n/a"}  # platform checks: their targets hold on any hardware
 
 if "slurm" in s.tasks:

@@ -226,6 +226,7 @@ class WorkloadContext:
     gpus_per_node: int
     cpus_per_task: int
     container_image: Optional[str] = None
+    code_version: str = ""  # hash of the staged code: new code re-runs the jobs
 
     def job(self, name: str, module: str, args: pulumi.Input[str], gpus: int = 0, cpus: Optional[int] = None,
             tasks: int = 1, time_limit_minutes: int = 30, opts: Optional[pulumi.ResourceOptions] = None) -> SbatchJob:
@@ -234,4 +235,5 @@ class WorkloadContext:
         return SbatchJob(name, SbatchJobArgs(
             connection=self.connection, cluster_id=self.cluster_id, job_root=self.root.apply(lambda r: f"{r}/jobs"),
             command=command, partition=self.partition, gres=f"gpu:{gpus}" if gpus and self.gpus_per_node else None,
-            ntasks=tasks, cpus_per_task=cpus or 1, time_limit_minutes=time_limit_minutes), opts)
+            ntasks=tasks, cpus_per_task=cpus or 1, time_limit_minutes=time_limit_minutes,
+            triggers=[self.code_version]), opts)

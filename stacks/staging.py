@@ -31,6 +31,11 @@ def manifest(folder: Path, pattern: str = "**/*") -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256_file(p) for p in files}
 
 
+def manifest_digest(files: dict[str, str]) -> str:
+    """One hash for a whole manifest: changes when any file does."""
+    return hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()[:16]
+
+
 def check_against_sums(folder: Path, sums_file: Path, wanted: list[str]) -> dict[str, str]:
     """The files of a shared/datasets folder, checked against its SHA256SUMS; a clear error where one is off."""
     expected = {}

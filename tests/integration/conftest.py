@@ -110,7 +110,7 @@ def itest_stack():
         yield outputs(ITEST)
     finally:
         down = stack("down", ITEST, timeout=600)
-        run(["pulumi", "stack", "rm", "--yes", "--force", ITEST])
+        run(["pulumi", "stack", "rm", "--yes", "--force", "--preserve-config", ITEST])
         assert down.returncode == 0, f"pulumi destroy failed:\n{down.stdout[-4000:]}"
         left = wait_for_no_leftovers([str(STATE_ROOT / ITEST)], ITEST_PORTS)
         assert not left, f"left running after pulumi destroy: {left}"
