@@ -54,8 +54,8 @@ if "mlops_1_1" in s.tasks:
 
 if "mlops_2_1" in s.tasks:
     cifar = CifarDataParallel("mlops-2-1", ctx, CifarDataParallelArgs(
-        datasets_dir=s.datasets_dir, epochs=s.cifar.epochs, global_batch_size=s.cifar.global_batch_size,
-        max_train_samples=s.cifar_max_train_samples, time_limit_minutes=s.hpc.job_timeout_minutes))
+        datasets_dir=s.datasets_dir, epochs=s.cifar_epochs, global_batch_size=s.cifar.global_batch_size,
+        max_train_samples=s.cifar.max_train_samples, time_limit_minutes=s.hpc.job_timeout_minutes))
     pulumi.export("mlops_2_1", pulumi.Output.all(cifar.metrics, cifar.single.summary(), cifar.double.summary()).apply(
         lambda v: task_result("mlops_2_1", v[0], {"device": v[0].get("device"), "device_name": v[0].get("device_name")},
                               jobs={"1gpu": v[1], "2gpu": v[2]})))

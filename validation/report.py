@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 STATUS = {"pass": "✅ pass", "fail": "❌ FAIL", "not_applicable": "➖ not applicable", "missing": "❌ MISSING"}
 TITLES = {"slurm": "SLURM scheduler and GRES", "storage": "Shared storage (BeeGFS at a site)",
-          "mlops_1_1": "MLOPS-1.1 Single-GPU MNIST training"}
+          "mlops_1_1": "MLOPS-1.1 Single-GPU MNIST training",
+          "mlops_2_1": "MLOPS-2.1 CIFAR-10 data-parallel training (1 vs 2 GPUs)"}
 
 
 def _fmt(value) -> str:
@@ -42,6 +43,26 @@ def _plot_loss(metrics: dict, path: Path) -> bool:
     ax.plot(range(1, len(curve) + 1), curve, marker="o")
     ax.set(xlabel="epoch", ylabel="mean training loss", title="MNIST training loss")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_scaling(metrics: dict, path: Path) -> bool:
+    one, two = metrics.get("loss_curve_1gpu"), metrics.get("loss_curve_2gpu")
+    if not one or not two:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
+    left.plot(range(1, len(one) + 1), one, marker="o", label="1 GPU")
+    left.plot(range(1, len(two) + 1), two, marker="s", label=f"{metrics.get('world_size')} GPUs")
+    left.set(xlabel="epoch", ylabel="mean training loss", title="CIFAR-10 training loss")
+    left.legend()
+    left.grid(alpha=0.3)
+    right.bar(["1 GPU", f"{metrics.get('world_size')} GPUs"],
+              [metrics.get("train_seconds_1gpu") or 0, metrics.get("train_seconds_2gpu") or 0])
+    right.set(ylabel="training seconds", title=f"speedup {metrics.get('speedup')}x ({metrics.get('backend')})")
+    right.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -78,7 +99,7 @@ def _plot_storage(metrics: dict, path: Path) -> bool:
     return True
 
 
-PLOTS = {"mlops_1_1": [("mnist_loss.png", _plot_loss)], "slurm": [("slurm_latency.png", _plot_latency)],
+PLOTS = {"mlops_1_1": [("mnist_loss.png", _plot_loss)], "mlops_2_1": [("cifar_scaling.png", _plot_scaling)], "slurm": [("slurm_latency.png", _plot_latency)],
          "storage": [("storage_throughput.png", _plot_storage)]}
 
 
@@ -106,8 +127,7 @@ def render(outputs: dict, folder: Path) -> str:
     for task in tasks:
         result = outputs[task]
         lines += ["", f"## {TITLES.get(task, task)}", ""] + _targets_table(result)
-        job = result.get("job")
-        if job:
+        for job in [result["job"]] if result.get("job") else list(result.get("jobs", {}).values()):
             lines += ["", f"SLURM job {job.get('job_id')} on `{job.get('node')}`: {job.get('state')}, exit "
                           f"{job.get('exit_code')}, {job.get('elapsed_seconds')} s; GRES environment "
                           f"`CUDA_VISIBLE_DEVICES={job.get('gres_env', {}).get('CUDA_VISIBLE_DEVICES')}`; "

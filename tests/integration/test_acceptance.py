@@ -45,6 +45,17 @@ def test_outputs_hold_job_ids_gres_environment_and_storage_figures(stack_outputs
     assert set(slurm["gres_devices_seen"]) <= {"0", "1"}
 
 
+def test_data_parallel_run_used_both_gpus_and_stayed_in_sync(stack_outputs):
+    cifar = stack_outputs["mlops_2_1"]
+    assert cifar["jobs"]["2gpu"]["gres_env"]["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert cifar["jobs"]["2gpu"]["gres_env"]["SLURM_NTASKS"] == "2"
+    m = cifar["metrics"]
+    assert m["world_size"] == 2 and m["world_size_1gpu"] == 1
+    assert m["backend"] == ("nccl" if m["device"] == "cuda" else "gloo")
+    assert m["params_in_sync"] is True and m["max_param_divergence"] == 0
+    assert m["speedup"] == round(m["train_seconds_1gpu"] / m["train_seconds_2gpu"], 3)
+
+
 def test_cpu_run_says_so(stack_outputs):
     m = stack_outputs["mlops_1_1"]["metrics"]
     if m["device"] == "cpu":

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # tests/workloads/ runs in .venv-workloads, where torch must be present
 
 from workloads import cifar10, distributed  # noqa: E402
 
@@ -245,7 +245,8 @@ def test_two_ranks_over_gloo_launched_like_srun(data_dir, tmp_path):
     port = free_port()
     procs = []
     for rank in range(2):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "OMP_NUM_THREADS"))}
+        launcher_vars = ("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "OMP_NUM_THREADS")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(launcher_vars)}
         env.update({"PYTHONPATH": str(ROOT), "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
                     "SLURM_NTASKS": "2", "SLURM_JOB_ID": "4242", "MASTER_PORT": str(port),
                     "SLURM_CPUS_PER_TASK": "1"})
