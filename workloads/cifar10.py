@@ -39,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from workloads import distributed
 from workloads.gpu_monitor import GpuUtilizationSampler
 from workloads.metrics_io import sha256_file, write_json_atomic
+from workloads.runtime import cpu_model_name
 
 PROCESS_START = time.perf_counter()
 
@@ -456,7 +457,7 @@ def train(args: argparse.Namespace, info: distributed.DistInfo, device: torch.de
         "launcher": info.launcher,
         "backend": backend,
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if cuda else cpu_model_name(),
         "cpu_threads_per_rank": torch.get_num_threads(),
         "samples_per_second": round(samples / train_seconds, 1),
         "loss_curve": loss_curve,
@@ -486,16 +487,6 @@ def aggregate_utilisation(per_gpu: list) -> Optional[dict]:
     return {"mean_percent": round(sum(u["mean_percent"] for u in sampled) / len(sampled), 2),
             "max_percent": max(u["max_percent"] for u in sampled),
             "samples": sum(u["samples"] for u in sampled), "gpus": len(sampled)}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
 
 
 def main(argv=None) -> int:

@@ -51,6 +51,7 @@ import torch  # noqa: E402
 from workloads import distributed  # noqa: E402
 from workloads.gpu_monitor import GpuUtilizationSampler  # noqa: E402
 from workloads.metrics_io import sha256_file, write_json_atomic  # noqa: E402
+from workloads.runtime import cpu_model_name, positive_int  # noqa: E402
 
 TRAIN_FILES = ("gsm8k_train.jsonl", "self_instruct_seed_tasks.jsonl")
 HELDOUT_FILE = "gsm8k_test.jsonl"
@@ -196,26 +197,6 @@ def global_batches(n: int, global_batch: int, steps: int, seed: int):
             perm += torch.randperm(n, generator=gen).tolist()
         yield perm[:global_batch]
         perm = perm[global_batch:]
-
-
-# ---------------------------------------------------------------------------------------------- facts
-
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:

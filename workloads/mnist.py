@@ -31,9 +31,10 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from workloads.evaluate_mnist import evaluate  # noqa: E402
+from workloads.evaluate_mnist import evaluate, pick_device  # noqa: E402
 from workloads.gpu_monitor import GpuUtilizationSampler  # noqa: E402
 from workloads.metrics_io import sha256_file, write_json_atomic  # noqa: E402
+from workloads.runtime import cpu_model_name, positive_int  # noqa: E402
 
 # TorchScript is the agreed exchange format; torch >= 2.10 flags torch.jit as deprecated, which is noise here.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
@@ -172,34 +173,6 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, sched, images: torch.Ten
                 window_n = 0
         loss_curve.append(round(epoch_loss.item() / n, 6))
     return loss_curve
-
-
-# ---------------------------------------------------------------------------------------------- facts
-
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,0 +1,25 @@
+"""Small facts and argument types the workload entry points share (no torch here)."""
+from __future__ import annotations
+
+import argparse
+import platform
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name, for `device_name` when a job runs on CPU."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
