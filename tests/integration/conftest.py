@@ -102,6 +102,8 @@ def itest_stack():
     if os.environ.get("STACK_OUTPUTS"):
         yield None
         return
+    config_file = ROOT / f"Pulumi.{ITEST}.yaml"
+    config_text = config_file.read_text()  # Pulumi adds the stack's encryption salt to it; put it back after
     started = time.monotonic()
     up = stack("up", ITEST)
     print(f"\n[itest] pulumi up took {time.monotonic() - started:.1f} s")
@@ -110,7 +112,8 @@ def itest_stack():
         yield outputs(ITEST)
     finally:
         down = stack("down", ITEST, timeout=600)
-        run(["pulumi", "stack", "rm", "--yes", "--force", "--preserve-config", ITEST])
+        run(["pulumi", "stack", "rm", "--yes", "--force", ITEST])
+        config_file.write_text(config_text)
         assert down.returncode == 0, f"pulumi destroy failed:\n{down.stdout[-4000:]}"
         left = wait_for_no_leftovers([str(STATE_ROOT / ITEST)], ITEST_PORTS)
         assert not left, f"left running after pulumi destroy: {left}"
