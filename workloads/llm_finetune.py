@@ -33,9 +33,7 @@ import datetime  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
-import socket  # noqa: E402
 import sys  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -51,7 +49,7 @@ import torch  # noqa: E402
 from workloads import distributed  # noqa: E402
 from workloads.gpu_monitor import GpuUtilizationSampler  # noqa: E402
 from workloads.metrics_io import sha256_file, write_json_atomic  # noqa: E402
-from workloads.runtime import cpu_model_name, positive_int  # noqa: E402
+from workloads.runtime import cpu_model_name, host_facts, positive_int  # noqa: E402
 
 TRAIN_FILES = ("gsm8k_train.jsonl", "self_instruct_seed_tasks.jsonl")
 HELDOUT_FILE = "gsm8k_test.jsonl"
@@ -473,11 +471,7 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "hostname": socket.gethostname(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "python_version": platform.python_version(),
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-        "started_at": started_at,
+        **host_facts(started_at),
     }
     metrics["total_seconds"] = round(time.perf_counter() - PROCESS_START, 3)
     write_json_atomic(out_dir / "metrics.json", metrics)
@@ -674,11 +668,7 @@ def run_oumi(args, model_dir: Path, data_dir: Path, out_dir: Path, started_at: s
         "data_dir": str(data_dir.resolve()),
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
-        "hostname": socket.gethostname(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "python_version": platform.python_version(),
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-        "started_at": started_at,
+        **host_facts(started_at),
     }
     metrics["total_seconds"] = round(time.perf_counter() - PROCESS_START, 3)
     write_json_atomic(out_dir / "metrics.json", metrics)

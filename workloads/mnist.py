@@ -19,8 +19,6 @@ import datetime  # noqa: E402
 import gzip  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
-import socket  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 import zlib  # noqa: E402
@@ -34,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 from workloads.evaluate_mnist import evaluate, pick_device  # noqa: E402
 from workloads.gpu_monitor import GpuUtilizationSampler  # noqa: E402
 from workloads.metrics_io import sha256_file, write_json_atomic  # noqa: E402
-from workloads.runtime import cpu_model_name, positive_int  # noqa: E402
+from workloads.runtime import cpu_model_name, host_facts, positive_int  # noqa: E402
 
 # TorchScript is the agreed exchange format; torch >= 2.10 flags torch.jit as deprecated, which is noise here.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
@@ -287,12 +285,7 @@ def main(argv=None) -> int:
             "parameters": sum(p.numel() for p in model.parameters()),
         },
         "data_dir": str(Path(args.data_dir).resolve()),
-        "hostname": socket.gethostname(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "python_version": platform.python_version(),
-        # Timings on a shared machine mean little without the load they ran under.
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-        "started_at": started_at,
+        **host_facts(started_at),
     }
     metrics["total_seconds"] = round(time.perf_counter() - _T_START, 3)
     write_json_atomic(out_dir / "metrics.json", metrics)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import socket
 
 
 def cpu_model_name() -> str:
@@ -23,3 +25,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def host_facts(started_at: str) -> dict:
+    """Where and when a run happened, for every metrics.json."""
+    return {
+        "hostname": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "python_version": platform.python_version(),
+        # Timings on a shared machine mean little without the load they ran under.
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "started_at": started_at,
+    }
