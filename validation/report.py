@@ -35,6 +35,13 @@ def _targets_table(result: dict) -> list[str]:
     return lines
 
 
+def _save(fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _plot_loss(metrics: dict, path: Path) -> bool:
     curve = metrics.get("loss_curve")
     if not curve:
@@ -43,10 +50,7 @@ def _plot_loss(metrics: dict, path: Path) -> bool:
     ax.plot(range(1, len(curve) + 1), curve, marker="o")
     ax.set(xlabel="epoch", ylabel="mean training loss", title="MNIST training loss")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def _plot_scaling(metrics: dict, path: Path) -> bool:
@@ -63,10 +67,7 @@ def _plot_scaling(metrics: dict, path: Path) -> bool:
               [metrics.get("train_seconds_1gpu") or 0, metrics.get("train_seconds_2gpu") or 0])
     right.set(ylabel="training seconds", title=f"speedup {metrics.get('speedup')}x ({metrics.get('backend')})")
     right.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def _plot_latency(metrics: dict, path: Path) -> bool:
@@ -78,10 +79,7 @@ def _plot_latency(metrics: dict, path: Path) -> bool:
     ax.set(xlabel="job (in order of submission)", ylabel="seconds",
            title="sbatch → job start (includes queueing for the GPUs)")
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def _plot_storage(metrics: dict, path: Path) -> bool:
@@ -93,10 +91,7 @@ def _plot_storage(metrics: dict, path: Path) -> bool:
     ax.bar(list(bars), list(bars.values()), color=["#4c72b0", "#55a868", "#c44e52"][: len(bars)])
     ax.set(ylabel="MB/s", title=f"Shared storage ({metrics.get('fs_type')}, {metrics.get('bytes', 0) >> 20} MiB file)")
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 PLOTS = {"mlops_1_1": [("mnist_loss.png", _plot_loss)], "mlops_2_1": [("cifar_scaling.png", _plot_scaling)], "slurm": [("slurm_latency.png", _plot_latency)],

@@ -197,6 +197,13 @@ def global_batches(n: int, global_batch: int, steps: int, seed: int):
         perm = perm[global_batch:]
 
 
+def heldout_facts(loss_before: float, loss_after: float, samples: int) -> dict:
+    """The held-out comparison and the data it used, the same for both trainers."""
+    return {"heldout_loss_before": round(loss_before, 6), "heldout_loss_after": round(loss_after, 6),
+            "heldout_loss_dropped": loss_after < loss_before, "heldout_samples": samples,
+            "heldout_file": HELDOUT_FILE, "heldout_subset_seed": EVAL_SUBSET_SEED, "train_files": list(TRAIN_FILES)}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="MLOPS-1.2/2.2: SFT of SmolLM2-135M-Instruct, writes metrics.json")
     p.add_argument("--model-dir", required=True, help="HF model dir (python -m workloads.smollm prepare --out DIR)")
@@ -437,13 +444,7 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
         "tokens_per_second_after_warmup": round(steady_tps, 2) if steady_tps else None,
         "warmup_steps_excluded_from_rate": warm_steps,
         "loss_curve": loss_curve,
-        "heldout_loss_before": round(loss_before, 6),
-        "heldout_loss_after": round(loss_after, 6),
-        "heldout_loss_dropped": loss_after < loss_before,
-        "heldout_samples": len(heldout),
-        "heldout_file": HELDOUT_FILE,
-        "heldout_subset_seed": EVAL_SUBSET_SEED,
-        "train_files": list(TRAIN_FILES),
+        **heldout_facts(loss_before, loss_after, len(heldout)),
         "train_records_available": len(train_records),
         "peak_memory_bytes": max(peak_per_rank),
         "peak_memory_bytes_per_rank": peak_per_rank,
@@ -643,13 +644,7 @@ def run_oumi(args, model_dir: Path, data_dir: Path, out_dir: Path, started_at: s
         "tokens_per_second": round(tps, 2) if tps else None,
         "tokens_note": "TRL's num_tokens (attention-mask tokens of all ranks) over oumi's train_runtime",
         "loss_curve": [round(float(h["loss"]), 6) for h in steps],
-        "heldout_loss_before": round(loss_before, 6),
-        "heldout_loss_after": round(loss_after, 6),
-        "heldout_loss_dropped": loss_after < loss_before,
-        "heldout_samples": len(heldout),
-        "heldout_file": HELDOUT_FILE,
-        "heldout_subset_seed": EVAL_SUBSET_SEED,
-        "train_files": list(TRAIN_FILES),
+        **heldout_facts(loss_before, loss_after, len(heldout)),
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
         "world_size": args.oumi_nproc,
