@@ -33,4 +33,5 @@ report:          ## rebuild reports/$(STACK)/report.md from its outputs.json
 
 test: setup      ## workload tests, unit tests, then a real pulumi up / acceptance tests / destroy of a throwaway stack
 	@.venv-workloads/bin/python -m pytest -q tests/workloads
+	@.venv-oumi/bin/python -m pytest -q tests/workloads/test_oumi_cloud.py tests/workloads/test_oumi_eval.py
 	@.venv/bin/python -m pytest -q tests/unit tests/integration

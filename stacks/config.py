@@ -8,7 +8,7 @@ import pulumi
 
 from validation.config import ConfigError, Settings, parse
 
-OBJECT_KEYS = ("tasks", "hpc", "storage", "slurmProbe", "mnist", "cifar")
+OBJECT_KEYS = ("tasks", "hpc", "storage", "slurmProbe", "mnist", "cifar", "llm", "kubernetes", "serving", "oumi")
 KEYS = ("profile", "datasetsDir", *OBJECT_KEYS)
 
 
@@ -17,6 +17,11 @@ class StackConfig:
     stack: str
     settings: Settings
     ssh_private_key: Optional[pulumi.Output[str]]  # a Pulumi secret; only for hpc.target = ssh
+    # A Pulumi secret; only with a `kubernetes` section: MinIO's root password, also the S3 secret key KServe uses.
+    k8s_minio_root_password: Optional[pulumi.Output[str]] = None
+    # Pulumi secrets, optional: the embedded serving MinIO's keys (generated when unset), or an existing MinIO's.
+    serving_minio_access_key: Optional[pulumi.Output[str]] = None
+    serving_minio_secret_key: Optional[pulumi.Output[str]] = None
 
 
 def load() -> StackConfig:
@@ -33,4 +38,16 @@ def load() -> StackConfig:
         if key is None:
             raise pulumi.RunError(f"config error: {cfg.name}:sshPrivateKey is required for hpc.target 'ssh' "
                                   f"(set it with: pulumi config set --secret sshPrivateKey < key-file)")
-    return StackConfig(stack=pulumi.get_stack(), settings=settings, ssh_private_key=key)
+    minio_password = None
+    if settings.kubernetes is not None:
+        minio_password = cfg.get_secret("k8sMinioRootPassword")
+        if minio_password is None:
+            raise pulumi.RunError(f"config error: {cfg.name}:k8sMinioRootPassword is required with a kubernetes section "
+                                  f"(set it with: pulumi config set --secret k8sMinioRootPassword <8+ characters>)")
+    serving_keys = (cfg.get_secret("servingMinioAccessKey"), cfg.get_secret("servingMinioSecretKey"))
+    if settings.serving.minio.endpoint and None in serving_keys:
+        raise pulumi.RunError(f"config error: {cfg.name}:servingMinioAccessKey and servingMinioSecretKey are required "
+                              f"with serving.minio.endpoint (pulumi config set --secret servingMinioSecretKey ...)")
+    return StackConfig(stack=pulumi.get_stack(), settings=settings, ssh_private_key=key,
+                       k8s_minio_root_password=minio_password,
+                       serving_minio_access_key=serving_keys[0], serving_minio_secret_key=serving_keys[1])

@@ -55,6 +55,14 @@ def check_against_sums(folder: Path, sums_file: Path, wanted: list[str]) -> dict
     return found
 
 
+def preflight(datasets_dir: str, needs: dict[str, list[str]]) -> None:
+    """Check every file the enabled tasks will stage (`needs`: folder -> names) before anything starts, so that a
+    missing or corrupt dataset ends the run with its path, with no cluster started and nothing to clean up."""
+    datasets = Path(datasets_dir)
+    for folder, names in needs.items():
+        check_against_sums(datasets / folder, datasets / "SHA256SUMS", [f"{folder}/{n}" for n in names])
+
+
 def stage(conn: Connection, source: str, destination: str, files: dict[str, str]) -> dict:
     started = time.monotonic()
     conn.sync_dir(source, destination)

