@@ -17,7 +17,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 STATUS = {"pass": "✅ pass", "fail": "❌ FAIL", "not_applicable": "➖ not applicable", "missing": "❌ MISSING"}
 TITLES = {"slurm": "SLURM scheduler and GRES", "storage": "Shared storage (BeeGFS at a site)",
           "mlops_1_1": "MLOPS-1.1 Single-GPU MNIST training",
-          "mlops_2_1": "MLOPS-2.1 CIFAR-10 data-parallel training (1 vs 2 GPUs)"}
+          "mlops_1_2": "MLOPS-1.2 Single-GPU SmolLM2 fine-tuning with Oumi",
+          "mlops_2_1": "MLOPS-2.1 CIFAR-10 data-parallel training (1 vs 2 GPUs)",
+          "mlops_2_2": "MLOPS-2.2 Multi-GPU SmolLM2 fine-tuning (1 vs 2 GPUs)",
+          "mlops_3_1": "MLOPS-3.1 Oumi custom cluster: launch over ssh",
+          "mlops_3_2": "MLOPS-3.2 Oumi evaluation: base vs fine-tuned",
+          "mlops_4_1": "MLOPS-4.1 CPU inference (MNIST, KServe)",
+          "mlops_4_2": "MLOPS-4.2 LLM inference (SmolLM2, KServe)",
+          "mlops_5_1": "MLOPS-5.1 Train → register → sync → deploy"}
 
 
 def _fmt(value) -> str:
@@ -42,25 +49,25 @@ def _save(fig, path: Path) -> bool:
     return True
 
 
-def _plot_loss(metrics: dict, path: Path) -> bool:
+def _plot_loss(metrics: dict, path: Path, what: str = "MNIST", unit: str = "epoch") -> bool:
     curve = metrics.get("loss_curve")
     if not curve:
         return False
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(range(1, len(curve) + 1), curve, marker="o")
-    ax.set(xlabel="epoch", ylabel="mean training loss", title="MNIST training loss")
+    ax.set(xlabel=unit, ylabel="training loss", title=f"{what} training loss")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def _plot_scaling(metrics: dict, path: Path) -> bool:
+def _plot_scaling(metrics: dict, path: Path, what: str = "CIFAR-10", unit: str = "epoch") -> bool:
     one, two = metrics.get("loss_curve_1gpu"), metrics.get("loss_curve_2gpu")
     if not one or not two:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
     left.plot(range(1, len(one) + 1), one, marker="o", label="1 GPU")
     left.plot(range(1, len(two) + 1), two, marker="s", label=f"{metrics.get('world_size')} GPUs")
-    left.set(xlabel="epoch", ylabel="mean training loss", title="CIFAR-10 training loss")
+    left.set(xlabel=unit, ylabel="training loss", title=f"{what} training loss")
     left.legend()
     left.grid(alpha=0.3)
     right.bar(["1 GPU", f"{metrics.get('world_size')} GPUs"],
@@ -94,7 +101,45 @@ def _plot_storage(metrics: dict, path: Path) -> bool:
     return _save(fig, path)
 
 
-PLOTS = {"mlops_1_1": [("mnist_loss.png", _plot_loss)], "mlops_2_1": [("cifar_scaling.png", _plot_scaling)], "slurm": [("slurm_latency.png", _plot_latency)],
+def _plot_serving(metrics: dict, path: Path) -> bool:
+    stages = [st for st in metrics.get("stages") or [] if st.get("p95_ms") is not None]
+    if not stages:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 3))
+    x = range(len(stages))
+    for offset, key in ((-0.25, "p50_ms"), (0, "p95_ms"), (0.25, "p99_ms")):
+        ax.bar([i + offset for i in x], [st.get(key) or 0 for st in stages], width=0.25, label=key[:3].upper())
+    ax.set_xticks(list(x), [f"{st['stage']}\n{st.get('throughput_rps')} req/s" for st in stages], fontsize=8)
+    ax.set(ylabel="latency (ms)", title=f"load test per stage ({metrics.get('device', '?')})")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def _plot_evaluation(metrics: dict, path: Path) -> bool:
+    models = metrics.get("models") or {}
+    keys = sorted({k for scores in models.values() for k, v in scores.items() if isinstance(v, (int, float))})
+    if not models or not keys:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for i, (label, scores) in enumerate(sorted(models.items())):
+        ax.bar([j + (i - 0.5) * 0.4 for j in range(len(keys))], [scores.get(k) or 0 for k in keys], width=0.4,
+               label=label)
+    ax.set_xticks(range(len(keys)), [k.replace("_", "\n", 1) for k in keys], fontsize=7)
+    ax.set(title="Oumi evaluation: base vs fine-tuned")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+PLOTS = {"mlops_1_1": [("mnist_loss.png", _plot_loss)],
+         "mlops_1_2": [("smollm_loss.png", lambda m, p: _plot_loss(m, p, "SmolLM2 (Oumi)", "logged step"))],
+         "mlops_2_1": [("cifar_scaling.png", _plot_scaling)],
+         "mlops_2_2": [("smollm_scaling.png", lambda m, p: _plot_scaling(m, p, "SmolLM2 (Oumi)", "logged step"))],
+         "mlops_3_2": [("oumi_evaluation.png", _plot_evaluation)],
+         "mlops_4_1": [("cpu_serving_latency.png", _plot_serving)],
+         "mlops_4_2": [("llm_serving_latency.png", _plot_serving)],
+         "slurm": [("slurm_latency.png", _plot_latency)],
          "storage": [("storage_throughput.png", _plot_storage)]}
 
 
