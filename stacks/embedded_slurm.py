@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -20,6 +19,8 @@ from typing import Optional
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
+
+from stacks.serving_process import port_free
 
 DAEMONS = ("sshd", "slurmd", "slurmctld", "munged")  # stop order: the notes' order that left nothing behind
 READY_TIMEOUT_S = 30
@@ -62,16 +63,6 @@ def _run(argv: list[str], env: Optional[dict] = None, what: str = "") -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"{what or argv[0]} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
     return proc.stdout
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -134,7 +125,7 @@ def start_cluster(state_dir: str, cluster: str, partition: str, gpus: int, base_
     lay = Layout(Path(state_dir))
     stop_cluster(state_dir)  # whatever a crashed earlier run left: never a second set of daemons
     for port in (base_port, base_port + 1, base_port + 2):
-        if not _port_free(port):
+        if not port_free(port):
             raise RuntimeError(f"port {port} on 127.0.0.1 is in use: choose another "
                                f"mlops-validation:hpc.embedded.basePort (ports basePort..basePort+2)")
     if os.geteuid() != 0:

@@ -34,6 +34,7 @@ import yaml
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
 
 from stacks.remote import ClusterError, ClusterUnreachable, Connection
+from stacks.staging import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 CLOUD_MODULE = REPO / "workloads" / "oumi_cloud.py"
@@ -242,14 +243,6 @@ def wait_until_done(site: OumiSite, job_id: str, deadline: float, poll_s: float 
         if record["state"] in TERMINAL or time.monotonic() > deadline:
             return record
         time.sleep(poll_s)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def remote_listing(site: OumiSite, folder: str) -> list[dict]:
