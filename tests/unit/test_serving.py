@@ -168,12 +168,15 @@ def test_cpu_serving_metrics_are_judged_and_autoscaling_is_not_applicable_here()
     assert {r["id"]: r["status"] for r in slow["targets"]}["cpu_p95"] == "fail"
 
 
-def test_gpu_targets_are_not_applicable_on_cpu_but_cold_start_is_judged():
+def test_gpu_targets_are_not_applicable_on_cpu_but_uptime_is_judged():
     m = serving_metrics({"p95_ms": 900.0, "throughput_rps": 2.0, "uptime_fraction": 1.0}, 12.0,
                         {"device": "cpu", "device_name": "cpu"}, {}, "s3://models/smollm2/x")
     status = {r["id"]: r["status"] for r in task_result("mlops_4_2", m, {"device": "cpu"})["targets"]}
-    assert status["gpu_p95"] == status["gpu_throughput"] == "not_applicable"
-    assert status["gpu_cold_start"] == "pass" and status["gpu_uptime"] == "pass"
+    assert status["gpu_p95"] == status["gpu_throughput"] == status["gpu_cold_start"] == "not_applicable"
+    assert status["gpu_uptime"] == "pass"
+    on_gpu = {r["id"]: r["status"] for r in task_result("mlops_4_2", {**m, "cold_start_seconds": 45.0},
+                                                        {"device": "cuda"})["targets"]}
+    assert on_gpu["gpu_cold_start"] == "fail" and on_gpu["gpu_p95"] == "fail"
 
 
 def test_pipeline_time_is_the_sum_of_measured_stages_or_none():
