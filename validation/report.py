@@ -118,15 +118,17 @@ def _plot_serving(metrics: dict, path: Path) -> bool:
 
 def _plot_evaluation(metrics: dict, path: Path) -> bool:
     models = metrics.get("models") or {}
-    keys = sorted({k for scores in models.values() for k, v in scores.items() if isinstance(v, (int, float))})
+    keys = sorted({k for scores in models.values() for k, v in scores.items()
+                   if isinstance(v, (int, float)) and not k.endswith("samples")})
     if not models or not keys:
         return False
     fig, ax = plt.subplots(figsize=(8, 3))
     for i, (label, scores) in enumerate(sorted(models.items())):
         ax.bar([j + (i - 0.5) * 0.4 for j in range(len(keys))], [scores.get(k) or 0 for k in keys], width=0.4,
                label=label)
-    ax.set_xticks(range(len(keys)), [k.replace("_", "\n", 1) for k in keys], fontsize=7)
-    ax.set(title="Oumi evaluation: base vs fine-tuned")
+    ax.set_xticks(range(len(keys)), keys, fontsize=7, rotation=20, ha="right")
+    ax.set(title=f"Oumi evaluation: base vs fine-tuned ({next(iter(models.values())).get('gsm8k_samples', '?')} "
+                 "records a set)")
     ax.legend()
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
