@@ -32,6 +32,33 @@ def volume_claim(name: str, namespace: pulumi.Input[str], component: str, size: 
     ), opts)
 
 
+def single_pod_service(name: str, namespace: pulumi.Input[str], component: str, container: k8s.core.v1.ContainerArgs,
+                       volume: str, claim: k8s.core.v1.PersistentVolumeClaim, ports: dict[str, int],
+                       parent: pulumi.Resource, pod_security: Optional[k8s.core.v1.PodSecurityContextArgs] = None):
+    """One pod on its ReadWriteOnce volume (Recreate: the volume has one writer at a time) and the Service in
+    front of it, named after the component; returns (deployment, service)."""
+    meta = k8s.meta.v1.ObjectMetaArgs(name=component, namespace=namespace, labels=labels(component))
+    deployment = k8s.apps.v1.Deployment(f"{name}-server", k8s.apps.v1.DeploymentInitArgs(
+        metadata=meta,
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=1,
+            strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels(component)),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(component)),
+                spec=k8s.core.v1.PodSpecArgs(
+                    security_context=pod_security, containers=[container], volumes=[k8s.core.v1.VolumeArgs(
+                        name=volume, persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
+                            claim_name=claim.metadata.name))])))), pulumi.ResourceOptions(parent=parent))
+    service = k8s.core.v1.Service(f"{name}-service", k8s.core.v1.ServiceInitArgs(
+        metadata=meta,
+        spec=k8s.core.v1.ServiceSpecArgs(selector=labels(component), ports=[
+            k8s.core.v1.ServicePortArgs(name=port_name, port=port, target_port=port)
+            for port_name, port in ports.items()])),
+        pulumi.ResourceOptions(parent=parent, depends_on=[deployment]))
+    return deployment, service
+
+
 def bucket_names(storage_uris: list[str], extra: list[str]) -> list[str]:
     """The buckets to create: each storageUri's bucket, then the extra ones, without repeats, in order."""
     names = [uri.removeprefix("s3://").split("/", 1)[0] for uri in storage_uris] + list(extra)
@@ -54,7 +81,6 @@ class ObjectStore(pulumi.ComponentResource):
     def __init__(self, name: str, args: ObjectStoreArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlops:k8s:ObjectStore", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        meta = k8s.meta.v1.ObjectMetaArgs(name=MINIO, namespace=args.namespace, labels=labels(MINIO))
         claim = volume_claim(f"{name}-data", args.namespace, MINIO, args.storage_size, args.storage_class, child)
         container = k8s.core.v1.ContainerArgs(
             name=MINIO, image=args.image,
@@ -65,23 +91,8 @@ class ObjectStore(pulumi.ComponentResource):
             readiness_probe=k8s.core.v1.ProbeArgs(http_get=k8s.core.v1.HTTPGetActionArgs(
                 path="/minio/health/ready", port=MINIO_API_PORT), period_seconds=5),
             volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path="/data")])
-        deployment = k8s.apps.v1.Deployment(f"{name}-server", k8s.apps.v1.DeploymentInitArgs(
-            metadata=meta,
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=1,
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),  # one pod owns the RWO volume
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels(MINIO)),
-                template=k8s.core.v1.PodTemplateSpecArgs(
-                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels(MINIO)),
-                    spec=k8s.core.v1.PodSpecArgs(containers=[container], volumes=[k8s.core.v1.VolumeArgs(
-                        name="data", persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
-                            claim_name=claim.metadata.name))])))), child)
-        service = k8s.core.v1.Service(f"{name}-service", k8s.core.v1.ServiceInitArgs(
-            metadata=meta,
-            spec=k8s.core.v1.ServiceSpecArgs(selector=labels(MINIO), ports=[
-                k8s.core.v1.ServicePortArgs(name="api", port=MINIO_API_PORT, target_port=MINIO_API_PORT),
-                k8s.core.v1.ServicePortArgs(name="console", port=MINIO_CONSOLE_PORT, target_port=MINIO_CONSOLE_PORT)])),
-            pulumi.ResourceOptions(parent=self, depends_on=[deployment]))
+        _, service = single_pod_service(name, args.namespace, MINIO, container, "data", claim,
+                                        {"api": MINIO_API_PORT, "console": MINIO_CONSOLE_PORT}, self)
         self.endpoint_url = pulumi.Output.from_input(args.namespace).apply(
             lambda ns: f"http://{service_host(MINIO, ns)}:{MINIO_API_PORT}")
         make_buckets = " && ".join(
