@@ -3,7 +3,6 @@ its own, and bad input (a bad config value, an unreachable login node, a failing
 within a bounded time with nothing left running. Also the local (non-ssh) submission path.
 """
 import json
-import socket
 import subprocess
 import time
 
@@ -12,6 +11,7 @@ import pytest
 from stacks.embedded_slurm import running_pids
 from tests.integration.conftest import (ITEST, ROOT, STATE_ROOT, TempStack, outputs, run, stack,
                                         wait_for_no_leftovers)
+from tests.ports import closed_port
 
 
 @pytest.fixture
@@ -53,14 +53,8 @@ def test_bad_config_value_fails_before_anything_is_made():
         bad.close()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_login_node_fails_fast_and_names_it(tmp_path):
-    port = _closed_port()
+    port = closed_port()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
     site = TempStack("itest-unreachable", f"""config:
   mlops-validation:tasks: [slurm]

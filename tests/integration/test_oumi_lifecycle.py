@@ -2,13 +2,13 @@
 Oumi job each end in a clear error within a bounded time, and nothing is left running (no ssh master connection,
 no SLURM job). The site stacks point Oumi straight at a model folder (oumi.baseModelDir), so Oumi's own path is
 what meets the failure (the stack stages nothing else for these tasks)."""
-import socket
 import subprocess
 import time
 
 import pytest
 
 from tests.integration.conftest import ITEST, ROOT, STATE_ROOT, TempStack, run, stack, wait_for_no_leftovers
+from tests.ports import closed_port
 
 
 @pytest.fixture
@@ -16,12 +16,6 @@ def live_itest(itest_stack):
     if itest_stack is None:
         pytest.skip("STACK_OUTPUTS given: no embedded stack is up to exercise")
     return itest_stack
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _site_yaml(login: dict, shared: str, extra_oumi: str = "", python: str = "") -> str:
@@ -44,7 +38,7 @@ def _no_ssh_master_of(name: str) -> None:
 
 
 def test_unreachable_cluster_fails_fast_in_oumi_and_names_it(tmp_path):
-    port = _closed_port()
+    port = closed_port()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
     site = TempStack("itest-oumi-unreachable", _site_yaml(
         {"host": "127.0.0.1", "port": port, "user": "root"}, "/tmp/mlops-validation/itest-oumi-unreachable"))

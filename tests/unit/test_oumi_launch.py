@@ -11,6 +11,7 @@ import yaml
 
 from stacks import oumi_eval, oumi_launch
 from stacks.remote import ClusterError, ClusterUnreachable, Connection
+from tests.ports import closed_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -99,14 +100,8 @@ def test_scontrol_line_parsing():
     assert f["JobState"] == "COMPLETED" and f["SubmitTime"] == "100"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_cluster_fails_fast_with_a_clear_error_and_no_master(tmp_path):
-    conn = _conn(host="127.0.0.1", port=_closed_port(), connect_timeout=5, known_hosts=str(tmp_path / "kh"))
+    conn = _conn(host="127.0.0.1", port=closed_port(), connect_timeout=5, known_hosts=str(tmp_path / "kh"))
     started = time.monotonic()
     with pytest.raises(ClusterUnreachable, match=rf"oumi: cannot reach the cluster at alice@127.0.0.1:{conn.port}"):
         with oumi_launch.connected(tmp_path / "ssh", "dead", conn, "debug", None, None, [], 60):
@@ -123,7 +118,7 @@ def test_wrong_key_is_refused_by_a_real_sshd_with_a_clear_error(tmp_path):
     for name in ("host", "good", "wrong"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
     (tmp_path / "authorized_keys").write_text((tmp_path / "good.pub").read_text())
-    port = _closed_port()
+    port = closed_port()
     user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
     conf = tmp_path / "sshd_config"
     conf.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path}/host\nPidFile {tmp_path}/pid\n"

@@ -1,9 +1,9 @@
-import socket
 import time
 
 import pytest
 
 from stacks.remote import ClusterError, ClusterUnreachable, Connection
+from tests.ports import closed_port
 
 
 def test_local_run_write_read_and_sync(tmp_path):
@@ -30,14 +30,8 @@ def test_timeout_is_bounded():
         Connection(kind="local").run("sleep 5", timeout=1)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_ssh_host_fails_fast_and_names_it():
-    conn = Connection.from_props({"kind": "ssh", "host": "127.0.0.1", "port": float(_closed_port()), "user": "me",
+    conn = Connection.from_props({"kind": "ssh", "host": "127.0.0.1", "port": float(closed_port()), "user": "me",
                                   "private_key": "not a key", "connect_timeout": 3.0})
     started = time.monotonic()
     with pytest.raises(ClusterUnreachable) as err:

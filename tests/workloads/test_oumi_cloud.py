@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from oumi.launcher.clusters.slurm_cluster import _create_job_script  # noqa: E40
 
 from workloads import oumi_cloud  # noqa: E402
 from workloads.oumi_cloud import RUN_MARKER, Site, SiteError, in_apptainer  # noqa: E402
+from tests.ports import closed_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,16 +94,10 @@ def test_cloud_without_a_site_has_no_clusters(monkeypatch):
     assert cloud.list_clusters() == [] and slurm_client._CTRL_PATH == before
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_login_node_is_oumis_cluster_unreachable_error_and_leaves_no_master(tmp_path, monkeypatch):
     """Real ssh through the site's config, to a port where nothing listens."""
     cfg = tmp_path / "ssh_config"
-    cfg.write_text(f"Host dead\n  HostName 127.0.0.1\n  Port {_closed_port()}\n  BatchMode yes\n"
+    cfg.write_text(f"Host dead\n  HostName 127.0.0.1\n  Port {closed_port()}\n  BatchMode yes\n"
                    f"  ConnectTimeout 5\n  UserKnownHostsFile {tmp_path}/kh\n")
     site = tmp_path / "site.json"
     site.write_text(json.dumps({"clusters": ["root@dead"], "ssh_config": str(cfg),
