@@ -8,14 +8,14 @@ from pathlib import Path
 import pulumi
 
 from stacks import config
-from stacks.cifar import CIFAR_FILES, CifarDataParallel, CifarDataParallelArgs
-from stacks.hpc import HpcTarget, HpcTargetArgs
-from stacks.llm import SFT_FILES, LlmAssets, LlmFineTuning, LlmFineTuningArgs
-from stacks.mnist import MNIST_FILES, MnistTraining, MnistTrainingArgs
-from stacks.sbatch_job import WorkloadContext
-from stacks.slurm_probe import SlurmProbe, SlurmProbeArgs
-from stacks.staging import StagedDirectory, StagedDirectoryArgs, manifest, manifest_digest, preflight
-from stacks.storage_check import StorageCheck
+from stacks.tasks.mlops_2_1 import CIFAR_FILES, CifarDataParallel, CifarDataParallelArgs
+from stacks.slurm.target import HpcTarget, HpcTargetArgs
+from stacks.tasks.llm import SFT_FILES, LlmAssets, LlmFineTuning, LlmFineTuningArgs
+from stacks.tasks.mlops_1_1 import MNIST_FILES, MnistTraining, MnistTrainingArgs
+from stacks.slurm.job import WorkloadContext
+from stacks.slurm.probe import SlurmProbe, SlurmProbeArgs
+from stacks.slurm.staging import StagedDirectory, StagedDirectoryArgs, manifest, manifest_digest, preflight
+from stacks.tasks.storage import StorageCheck
 from validation.targets import task_result
 
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
@@ -88,8 +88,8 @@ if {"mlops_1_2", "mlops_2_2"} & set(s.tasks):
 
 if {"mlops_3_1", "mlops_3_2"} & set(s.tasks):
     # Oumi's CLI on this machine reaches the cluster over ssh as a laptop would (stacks/oumi_launch.py).
-    from stacks.oumi_eval import OumiEvaluation, OumiEvaluationArgs
-    from stacks.oumi_launch import OumiLaunch, OumiLaunchArgs, OumiSiteArgs
+    from stacks.oumi.evaluation import OumiEvaluation, OumiEvaluationArgs
+    from stacks.oumi.launch import OumiLaunch, OumiLaunchArgs, OumiSiteArgs
     if llm_assets is None and not s.oumi.base_model_dir:
         llm_assets = LlmAssets("smollm2", ctx, s.datasets_dir)
     base_model_dir = s.oumi.base_model_dir or llm_assets.base_model_dir
@@ -120,7 +120,7 @@ if {"mlops_3_1", "mlops_3_2"} & set(s.tasks):
 
 if {"mlops_4_1", "mlops_4_2", "mlops_5_1"} & set(s.tasks):
     # The embedded serving stack on 127.0.0.1 (stacks/serving.py): MinIO, MLflow, KServe predictors, locust.
-    from stacks.serving import EmbeddedServing, EmbeddedServingArgs
+    from stacks.local.serving import EmbeddedServing, EmbeddedServingArgs
     trained = "mlops_1_1" in s.tasks
     serving = EmbeddedServing("serving", EmbeddedServingArgs(
         settings=s, stack=cfg.stack, minio_access_key=cfg.serving_minio_access_key,

@@ -9,8 +9,9 @@ from typing import Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
+from pulumi.dynamic import CreateResult, Resource
 
+from stacks.provider import ReplacingProvider
 from validation.config import GPU_RESOURCE, GpuOperator
 
 
@@ -45,7 +46,9 @@ def check_gpus(per_node: dict[str, int], gpus_per_pod: int, selector: dict, cont
 
 
 # -- the check as a resource -----------------------------------------------------------------------
-class _GpuNodeCheckProvider(ResourceProvider):
+class _GpuNodeCheckProvider(ReplacingProvider):
+    settings_only = ("wait_seconds",)  # how long to wait for the GPUs: not what is checked
+
     def create(self, props):
         from kubernetes import client as kclient
 
@@ -66,11 +69,6 @@ class _GpuNodeCheckProvider(ResourceProvider):
                 time.sleep(10)
         return CreateResult(f"gpu-check-{props['context']}", {**props, "gpu_nodes": per_node,
                                                                "total_gpus": sum(per_node.values())})
-
-    def diff(self, _id, olds, news):
-        keys = ("context", "kubeconfig", "node_selector", "gpus_per_pod")
-        changed = [k for k in keys if olds.get(k) != news.get(k)]
-        return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
 
 
 @dataclass

@@ -14,10 +14,11 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
+from pulumi.dynamic import CreateResult, Resource
 
 from stacks.k8s.kube_api import timestamp
 from stacks.k8s.names import IS_LABEL
+from stacks.provider import ReplacingProvider
 from validation.targets import for_task, judge
 
 # V1 protocol requests the predictors of workloads/serving/ answer (model name = InferenceService name).
@@ -246,7 +247,9 @@ def _ramp(cluster: Cluster, name: str, session, url: str, headers: dict, body: d
             "autoscaling_requests_failed": counts["errors"]}
 
 
-class _ServingMeasurementProvider(ResourceProvider):
+class _ServingMeasurementProvider(ReplacingProvider):
+    settings_only = ("kubeconfig",)  # where the kubeconfig lies: not what is measured
+
     def create(self, props):
         from kubernetes import client as kclient
 
@@ -256,11 +259,6 @@ class _ServingMeasurementProvider(ResourceProvider):
         cluster = Cluster(api, kclient.CustomObjectsApi(api), kclient.CoreV1Api(api), props["namespace"])
         results = {svc["name"]: measure_service(cluster, svc, props["settings"]) for svc in props["services"]}
         return CreateResult(f"serving-measurement-{props['namespace']}", {**props, "results": results})
-
-    def diff(self, _id, olds, news):
-        keys = ("context", "namespace", "services", "settings", "revision")
-        changed = [k for k in keys if olds.get(k) != news.get(k)]
-        return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
 
 
 @dataclass

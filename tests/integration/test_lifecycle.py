@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from stacks.embedded_slurm import running_pids
+from stacks.slurm.embedded import running_pids
 from tests.integration.conftest import (ITEST, ROOT, STATE_ROOT, TempStack, outputs, run, stack,
                                         wait_for_no_leftovers)
 from tests.ports import closed_port

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from stacks.embedded_slurm import Layout, _alive, _slurm_conf, running_pids
+from stacks.slurm.embedded import Layout, _alive, _slurm_conf, running_pids
 
 
 def test_slurm_conf_has_gres_ports_and_state_under_one_folder():

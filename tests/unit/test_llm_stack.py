@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
-from stacks.llm import SFT_FILES, compare, single_gpu_metrics
-from stacks.staging import preflight
+from stacks.tasks.llm import SFT_FILES, compare, single_gpu_metrics
+from stacks.slurm.staging import preflight
 from validation.config import REPO_ROOT, ConfigError, parse
 from validation.targets import evaluate
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stacks import oumi_eval, oumi_launch
-from stacks.remote import ClusterError, ClusterUnreachable, Connection
+from stacks.oumi import evaluation as oumi_eval, launch as oumi_launch
+from stacks.slurm.remote import ClusterError, ClusterUnreachable, Connection
 from tests.ports import closed_port
 
 ROOT = Path(__file__).resolve().parents[2]

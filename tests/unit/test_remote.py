@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from stacks.remote import ClusterError, ClusterUnreachable, Connection
+from stacks.slurm.remote import ClusterError, ClusterUnreachable, Connection
 from tests.ports import closed_port
 
 

@@ -1,4 +1,4 @@
-from stacks.sbatch_job import elapsed_seconds, parse_scontrol, render_script, workload_command
+from stacks.slurm.job import elapsed_seconds, parse_scontrol, render_script, workload_command
 
 
 def test_render_script_has_directives_gres_and_env_capture():

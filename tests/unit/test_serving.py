@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from stacks.serving import pipeline_metrics, serving_metrics
-from stacks.serving_process import (ServingError, alive, error_line, port_free, run_workload, start_daemon,
+from stacks.local.serving import pipeline_metrics, serving_metrics
+from stacks.local.process import (ServingError, alive, error_line, port_free, run_workload, start_daemon,
                                     start_time, stop_group)
 from validation.config import ConfigError, parse
 from validation.targets import task_result

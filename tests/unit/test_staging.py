@@ -2,7 +2,7 @@ import hashlib
 
 import pytest
 
-from stacks.staging import check_against_sums, manifest
+from stacks.slurm.staging import check_against_sums, manifest
 
 
 def _layout(tmp_path, content=b"data"):
@@ -34,7 +34,7 @@ def test_manifest_skips_caches(tmp_path):
 
 
 def test_real_mnist_files_match_their_sums():
-    from stacks.mnist import MNIST_FILES
+    from stacks.tasks.mlops_1_1 import MNIST_FILES
     from validation.config import parse
     root = __import__("pathlib").Path(parse({}).datasets_dir)
     found = check_against_sums(root / "mnist", root / "SHA256SUMS", [f"mnist/{f}" for f in MNIST_FILES])

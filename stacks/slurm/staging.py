@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Optional
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
+from pulumi.dynamic import CreateResult, Resource
 
-from stacks.remote import ClusterError, Connection
+from stacks.provider import ReplacingProvider
+
+from stacks.slurm.remote import ClusterError, Connection
 
 
 def sha256_file(path: Path) -> str:
@@ -79,15 +81,12 @@ def stage(conn: Connection, source: str, destination: str, files: dict[str, str]
             "mb_per_s": round(size / 1e6 / seconds, 1) if seconds > 0 else None}
 
 
-class _StagingProvider(ResourceProvider):
+class _StagingProvider(ReplacingProvider):
+    settings_only = ("connection",)
     def create(self, props: dict) -> CreateResult:
         outs = stage(Connection.from_props(props["connection"]), props["source"], props["destination"],
                      props["files"])
         return CreateResult(id_=props["destination"], outs={**props, **outs})
-
-    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        changed = [k for k in news if not k.startswith("__") and news.get(k) != olds.get(k)]
-        return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
 
     def delete(self, _id: str, props: dict) -> None:
         try:

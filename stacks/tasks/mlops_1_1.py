@@ -7,8 +7,8 @@ from typing import Optional
 
 import pulumi
 
-from stacks.sbatch_job import WorkloadContext
-from stacks.staging import StagedDirectory, StagedDirectoryArgs, check_against_sums
+from stacks.slurm.job import WorkloadContext
+from stacks.slurm.staging import StagedDirectory, StagedDirectoryArgs, check_against_sums
 
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]

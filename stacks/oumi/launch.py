@@ -31,12 +31,14 @@ from typing import Iterator, Optional
 
 import pulumi
 import yaml
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
+from pulumi.dynamic import CreateResult, Resource
 
-from stacks.remote import ClusterError, ClusterUnreachable, Connection
-from stacks.staging import sha256_file
+from stacks.provider import ReplacingProvider
 
-REPO = Path(__file__).resolve().parent.parent
+from stacks.slurm.remote import ClusterError, ClusterUnreachable, Connection
+from stacks.slurm.staging import sha256_file
+
+REPO = Path(__file__).resolve().parents[2]
 CLOUD_MODULE = REPO / "workloads" / "oumi_cloud.py"
 EVAL_MODULE = REPO / "workloads" / "oumi_eval.py"
 TRAIN_CONFIG = REPO / "workloads" / "oumi" / "smollm2_sft.yaml"
@@ -417,7 +419,8 @@ def remove_local(folder: Path) -> None:
             break
 
 
-class _OumiLaunchProvider(ResourceProvider):
+class _OumiLaunchProvider(ReplacingProvider):
+    settings_only = ("connection",)
     def create(self, props: dict) -> CreateResult:
         try:
             outs = run_launch(props)
@@ -425,10 +428,6 @@ class _OumiLaunchProvider(ResourceProvider):
             remove_local(Path(props["local_dir"]))  # a failed create is no resource: destroy will not see it
             raise
         return CreateResult(id_=f"{props['name']}-{outs['run_id']}", outs={**props, **outs})
-
-    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        changed = [k for k in news if not k.startswith("__") and news.get(k) != olds.get(k)]
-        return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
 
     def delete(self, _id: str, props: dict) -> None:
         remove_launch(props)
@@ -487,7 +486,7 @@ def launch(name: str, site: OumiSiteArgs, files: dict, copies: dict, run: pulumi
 
 def checked_copies(datasets_dir: str, names: list[str]) -> tuple[dict, str]:
     """Dataset files (relative to datasets_dir) checked against its SHA256SUMS; returns name -> path and a digest."""
-    from stacks.staging import check_against_sums
+    from stacks.slurm.staging import check_against_sums
 
     root = Path(datasets_dir)
     sums = check_against_sums(root, root / "SHA256SUMS", names)

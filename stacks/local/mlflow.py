@@ -8,8 +8,8 @@ from typing import Optional
 
 import pulumi
 
-from stacks.minio_server import MinioServer
-from stacks.serving_process import WORKLOADS_PYTHON, LocalDaemon, LocalRun
+from stacks.local.minio import MinioServer
+from stacks.local.process import WORKLOADS_PYTHON, LocalDaemon, LocalRun
 
 
 @dataclass

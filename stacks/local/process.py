@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Optional
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
+from pulumi.dynamic import CreateResult, Resource
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from stacks.provider import ReplacingProvider
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKLOADS_PYTHON = str(REPO_ROOT / ".venv-workloads" / "bin" / "python")
 
 
@@ -142,16 +144,13 @@ def start_daemon(props: dict) -> dict:
             "load_metrics": load_metrics}
 
 
-class _DaemonProvider(ResourceProvider):
+class _DaemonProvider(ReplacingProvider):
     def create(self, props: dict) -> CreateResult:
         outs = start_daemon(props)
         return CreateResult(id_=f"{props['name']}-{uuid.uuid4().hex[:8]}", outs={**props, **outs})
 
-    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        changed = [k for k in news if not k.startswith("__") and news.get(k) != olds.get(k)]
-        if not alive(olds.get("pid"), olds.get("process_start")):
-            changed.append("pid")  # it died (a crash, a reboot): start it again
-        return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
+    def vanished(self, olds: dict) -> Optional[str]:
+        return None if alive(olds.get("pid"), olds.get("process_start")) else "pid"  # died (a crash, a reboot)
 
     def delete(self, _id: str, props: dict) -> None:
         if props.get("pid"):
@@ -194,14 +193,11 @@ def run_workload(props: dict) -> dict:
         return {"result": json.loads(out_file.read_text()), "run_seconds": round(seconds, 3)}
 
 
-class _RunProvider(ResourceProvider):
+class _RunProvider(ReplacingProvider):
     def create(self, props: dict) -> CreateResult:
         outs = run_workload(props)
         return CreateResult(id_=f"{props['name']}-{uuid.uuid4().hex[:8]}", outs={**props, **outs})
 
-    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        changed = [k for k in news if not k.startswith("__") and news.get(k) != olds.get(k)]
-        return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
 
 
 class LocalRun(Resource, module="mlops", name="LocalRun"):
@@ -217,16 +213,13 @@ class LocalRun(Resource, module="mlops", name="LocalRun"):
 
 
 # -- the serving state folder: made first, removed last -----------------------------------------------------
-class _StateDirProvider(ResourceProvider):
+class _StateDirProvider(ReplacingProvider):
     def create(self, props: dict) -> CreateResult:
         Path(props["path"]).mkdir(parents=True, exist_ok=True)
         return CreateResult(id_=props["path"], outs=props)
 
-    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        changed = [k for k in news if not k.startswith("__") and news.get(k) != olds.get(k)]
-        if not Path(olds["path"]).is_dir():
-            changed.append("path")
-        return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
+    def vanished(self, olds: dict) -> Optional[str]:
+        return None if Path(olds["path"]).is_dir() else "path"
 
     def delete(self, _id: str, props: dict) -> None:
         shutil.rmtree(props["path"], ignore_errors=True)

@@ -17,9 +17,11 @@ from string import Template
 from typing import Optional
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
+from pulumi.dynamic import CreateResult, Resource
 
-from stacks.remote import ClusterError, Connection
+from stacks.provider import ReplacingProvider
+
+from stacks.slurm.remote import ClusterError, Connection
 
 TEMPLATE = Path(__file__).with_name("templates") / "sbatch.sh"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
@@ -125,15 +127,11 @@ def cancel_and_remove(conn: Connection, job_id: Optional[str], job_dir: Optional
 
 
 # -- the Pulumi resource ---------------------------------------------------------------------------
-class _SbatchProvider(ResourceProvider):
+class _SbatchProvider(ReplacingProvider):
+    settings_only = ("connection", "timeout_seconds", "poll_seconds")
     def create(self, props: dict) -> CreateResult:
         outs = run_job(Connection.from_props(props["connection"]), props)
         return CreateResult(id_=outs["job_id"], outs={**props, **outs})
-
-    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        # Any change of what runs, or where, means running the job again.
-        changed = [k for k in news if not k.startswith("__") and news.get(k) != olds.get(k)]
-        return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
 
     def delete(self, _id: str, props: dict) -> None:
         try:

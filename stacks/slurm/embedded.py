@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Optional
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
+from pulumi.dynamic import CreateResult, Resource
 
-from stacks.serving_process import port_free
+from stacks.provider import ReplacingProvider
+
+from stacks.local.process import port_free
 
 DAEMONS = ("sshd", "slurmd", "slurmctld", "munged")  # stop order: the notes' order that left nothing behind
 READY_TIMEOUT_S = 30
@@ -240,17 +242,16 @@ def stop_cluster(state_dir: str, pids: Optional[dict] = None, remove: bool = Fal
 
 
 # -- the Pulumi resource ---------------------------------------------------------------------------
-class _EmbeddedSlurmProvider(ResourceProvider):
+class _EmbeddedSlurmProvider(ReplacingProvider):
     def create(self, props: dict) -> CreateResult:
         outs = start_cluster(props["state_dir"], props["cluster_name"], props["partition"],
                              int(props["gpus"]), int(props["base_port"]), props.get("cpus"))
         return CreateResult(id_=f"{props['cluster_name']}-{uuid.uuid4().hex[:8]}", outs={**props, **outs})
 
-    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        changed = [k for k in news if not k.startswith("__") and news.get(k) != olds.get(k)]
-        if set(running_pids(olds["state_dir"]).values()) != set((olds.get("pids") or {}).values()):
-            changed.append("pids")  # daemons died or were replaced: start them again
-        return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
+    def vanished(self, olds: dict) -> Optional[str]:
+        # daemons died or were replaced: start them again
+        same = set(running_pids(olds["state_dir"]).values()) == set((olds.get("pids") or {}).values())
+        return None if same else "pids"
 
     def delete(self, _id: str, props: dict) -> None:
         stop_cluster(props["state_dir"], props.get("pids"), remove=True)

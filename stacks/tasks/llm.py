@@ -12,8 +12,8 @@ from typing import Optional
 
 import pulumi
 
-from stacks.sbatch_job import SbatchJob, WorkloadContext
-from stacks.staging import StagedDirectory, StagedDirectoryArgs, check_against_sums
+from stacks.slurm.job import SbatchJob, WorkloadContext
+from stacks.slurm.staging import StagedDirectory, StagedDirectoryArgs, check_against_sums
 
 # Trained on: GSM8K train + Self-Instruct seed tasks; held out: GSM8K test; sft/eval/ is staged for MLOPS-3.2
 # (evaluation) and never trained on.

@@ -14,11 +14,11 @@ from typing import Optional
 
 import pulumi
 
-from stacks.load_test import LoadTest, LoadTestArgs
-from stacks.minio_server import MinioServer, MinioServerArgs
-from stacks.mlflow_server import MlflowServer, MlflowServerArgs, ModelRegistration, ModelRegistrationArgs
-from stacks.model_server import Predictor, PredictorArgs
-from stacks.serving_process import LocalRun, StateDir
+from stacks.local.load_generator import LoadTest, LoadTestArgs
+from stacks.local.minio import MinioServer, MinioServerArgs
+from stacks.local.mlflow import MlflowServer, MlflowServerArgs, ModelRegistration, ModelRegistrationArgs
+from stacks.local.model_server import Predictor, PredictorArgs
+from stacks.local.process import LocalRun, StateDir
 from validation.config import Settings
 
 MNIST_NAME, LLM_NAME = "mnist", "smollm2"

@@ -9,8 +9,8 @@ from typing import Optional
 
 import pulumi
 
-from stacks.sbatch_job import WorkloadContext
-from stacks.staging import StagedDirectory, StagedDirectoryArgs, check_against_sums
+from stacks.slurm.job import WorkloadContext
+from stacks.slurm.staging import StagedDirectory, StagedDirectoryArgs, check_against_sums
 
 CIFAR_FILES = [f"cifar10_train_part{i}.npz" for i in range(5)] + ["cifar10_test.npz"]
 

@@ -13,8 +13,8 @@ from typing import Optional
 
 import pulumi
 
-from stacks.minio_server import MinioServer
-from stacks.serving_process import WORKLOADS_PYTHON, LocalDaemon, LocalRun
+from stacks.local.minio import MinioServer
+from stacks.local.process import WORKLOADS_PYTHON, LocalDaemon, LocalRun
 
 PREDICTORS = {"mnist": "workloads.serving.mnist_predictor", "llm": "workloads.serving.llm_predictor"}
 

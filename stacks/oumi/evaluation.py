@@ -15,7 +15,7 @@ from typing import Optional
 import pulumi
 import yaml
 
-from stacks.oumi_launch import (EXPORTED, CLOUD_MODULE, EVAL_MODULE, REPO, OumiSiteArgs, checked_copies,
+from stacks.oumi.launch import (EXPORTED, CLOUD_MODULE, EVAL_MODULE, REPO, OumiSiteArgs, checked_copies,
                                 file_summary, launch)
 
 EVAL_CONFIG = REPO / "workloads" / "oumi" / "mlops_eval.yaml"

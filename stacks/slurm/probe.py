@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
+from pulumi.dynamic import CreateResult, Resource
 
-from stacks.remote import ClusterError, Connection
-from stacks.sbatch_job import TERMINAL, job_status
+from stacks.provider import ReplacingProvider
+
+from stacks.slurm.remote import ClusterError, Connection
+from stacks.slurm.job import TERMINAL, job_status
 
 PROBE_SCRIPT = 'echo "started_at=$(date +%s.%N) cvd=${CUDA_VISIBLE_DEVICES:-} gpus=${SLURM_GPUS_ON_NODE:-}"'
 
@@ -98,15 +100,13 @@ def probe(conn: Connection, root: str, partition: str, gpus_per_node: int, jobs:
     }
 
 
-class _ProbeProvider(ResourceProvider):
+class _ProbeProvider(ReplacingProvider):
+    settings_only = ("connection", "timeout_seconds")
     def create(self, props: dict) -> CreateResult:
         outs = probe(Connection.from_props(props["connection"]), props["root"], props["partition"],
                      int(props["gpus_per_node"]), int(props["jobs"]), float(props["timeout_seconds"]))
         return CreateResult(id_=f"probe-{int(time.time())}", outs={**props, "metrics": outs})
 
-    def diff(self, _id: str, olds: dict, news: dict) -> DiffResult:
-        changed = [k for k in news if not k.startswith("__") and news.get(k) != olds.get(k)]
-        return DiffResult(changes=bool(changed), replaces=changed, delete_before_replace=True)
 
 
 class _Probe(Resource, module="mlops", name="SlurmProbe"):

@@ -6,7 +6,7 @@ from typing import Optional
 
 import pulumi
 
-from stacks.sbatch_job import WorkloadContext
+from stacks.slurm.job import WorkloadContext
 
 
 class StorageCheck(pulumi.ComponentResource):

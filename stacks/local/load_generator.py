@@ -8,8 +8,8 @@ from typing import Optional
 
 import pulumi
 
-from stacks.model_server import Predictor
-from stacks.serving_process import LocalRun
+from stacks.local.model_server import Predictor
+from stacks.local.process import LocalRun
 
 
 @dataclass

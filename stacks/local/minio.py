@@ -19,7 +19,7 @@ from typing import Optional
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
 
-from stacks.serving_process import REPO_ROOT, LocalDaemon, LocalRun, ServingError
+from stacks.local.process import REPO_ROOT, LocalDaemon, LocalRun, ServingError
 
 
 def minio_binary(configured: Optional[str] = None) -> str:

@@ -11,7 +11,7 @@ from typing import Optional
 
 import pulumi
 
-from stacks.embedded_slurm import EmbeddedSlurmCluster, EmbeddedSlurmClusterArgs
+from stacks.slurm.embedded import EmbeddedSlurmCluster, EmbeddedSlurmClusterArgs
 from validation.config import Settings
 
 
