@@ -1,5 +1,6 @@
 """Turn a stack's outputs (`pulumi stack output --json`) into a report a person can read: report.md with
-a verdict table per task and plots beside it.
+a verdict table per task and plots beside it. The overall verdict is validation/verdict.py's; titles and
+plots come from the task registry (stacks/tasks).
 
     python -m validation.report reports/dev/outputs.json
 """
@@ -8,23 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on a cluster or in CI
-import matplotlib.pyplot as plt  # noqa: E402
+from validation.verdict import overall
 
 STATUS = {"pass": "✅ pass", "fail": "❌ FAIL", "not_applicable": "➖ not applicable", "missing": "❌ MISSING"}
-TITLES = {"slurm": "SLURM scheduler and GRES", "storage": "Shared storage (BeeGFS at a site)",
-          "mlops_1_1": "MLOPS-1.1 Single-GPU MNIST training",
-          "mlops_1_2": "MLOPS-1.2 Single-GPU SmolLM2 fine-tuning with Oumi",
-          "mlops_2_1": "MLOPS-2.1 CIFAR-10 data-parallel training (1 vs 2 GPUs)",
-          "mlops_2_2": "MLOPS-2.2 Multi-GPU SmolLM2 fine-tuning (1 vs 2 GPUs)",
-          "mlops_3_1": "MLOPS-3.1 Oumi custom cluster: launch over ssh",
-          "mlops_3_2": "MLOPS-3.2 Oumi evaluation: base vs fine-tuned",
-          "mlops_4_1": "MLOPS-4.1 CPU inference (MNIST, KServe)",
-          "mlops_4_2": "MLOPS-4.2 LLM inference (SmolLM2, KServe)",
-          "mlops_5_1": "MLOPS-5.1 Train → register → sync → deploy"}
+NOT_ENABLED = "not enabled in this stack's config (`tasks`)"
 
 
 def _fmt(value) -> str:
@@ -33,154 +23,124 @@ def _fmt(value) -> str:
     return "—" if value is None else str(value)
 
 
-def _targets_table(result: dict) -> list[str]:
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _targets_table(rows: list[dict]) -> list[str]:
     lines = ["| target | spec says | measured | verdict |", "|---|---|---|---|"]
-    for t in result.get("targets", []):
+    for t in rows:
         verdict = STATUS[t["status"]] + (f" — {t['reason']}" if t.get("reason") else "")
         source = "" if t.get("source") == "spec" else " (project goal)"
-        lines.append(f"| {t['metric']}{source} | {t['target']} | {_fmt(t.get('value'))} | {verdict} |")
+        lines.append(f"| {_cell(t['metric'])}{source} | {_cell(t['target'])} | {_cell(_fmt(t.get('value')))} | "
+                     f"{_cell(verdict)} |")
     return lines
 
 
-def _save(fig, path: Path) -> bool:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+def _declared(platform: Optional[dict]) -> str:
+    if not platform:
+        return "not declared (no task output carries a `platform`)"
+    gpu = platform.get("gpu")
+    gpus = (f"GPU {gpu} (`hpc.gpu`), {platform.get('gpus_per_node', '?')} a node (`hpc.gpusPerNode`)" if gpu else
+            f"no real GPU (`hpc.gpu` unset: GRES over {platform.get('gpus_per_node', '?')} fake device nodes; "
+            "GPU targets are not applicable)")
+    k8s = ("a Kubernetes cluster" if platform.get("kubernetes") else "no Kubernetes cluster") + " (`kubernetes`)"
+    return f"{gpus}; {k8s}"
 
 
-def _plot_loss(metrics: dict, path: Path, what: str = "MNIST", unit: str = "epoch") -> bool:
-    curve = metrics.get("loss_curve")
-    if not curve:
-        return False
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(range(1, len(curve) + 1), curve, marker="o")
-    ax.set(xlabel=unit, ylabel="training loss", title=f"{what} training loss")
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+def _seen(entry: dict) -> str:
+    return f"{entry.get('device') or '?'} ({entry.get('device_name') or 'unknown device'})"
 
 
-def _plot_scaling(metrics: dict, path: Path, what: str = "CIFAR-10", unit: str = "epoch") -> bool:
-    one, two = metrics.get("loss_curve_1gpu"), metrics.get("loss_curve_2gpu")
-    if not one or not two:
-        return False
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
-    left.plot(range(1, len(one) + 1), one, marker="o", label="1 GPU")
-    left.plot(range(1, len(two) + 1), two, marker="s", label=f"{metrics.get('world_size')} GPUs")
-    left.set(xlabel=unit, ylabel="training loss", title=f"{what} training loss")
-    left.legend()
-    left.grid(alpha=0.3)
-    right.bar(["1 GPU", f"{metrics.get('world_size')} GPUs"],
-              [metrics.get("train_seconds_1gpu") or 0, metrics.get("train_seconds_2gpu") or 0])
-    right.set(ylabel="training seconds", title=f"speedup {metrics.get('speedup')}x ({metrics.get('backend')})")
-    right.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+def _hardware(observed: dict) -> str:
+    jobs = observed.get("jobs") or {}
+    if observed.get("device") == "n/a" and not jobs:
+        return "Hardware seen: n/a (a check of the platform: its targets hold on any hardware)"
+    line = f"Hardware seen: {_seen(observed)}"
+    if jobs:
+        parts = []
+        for label, job in jobs.items():
+            job = job or {}
+            ranks = job.get("ranks") or []
+            rank_list = list(ranks.values()) if isinstance(ranks, dict) else list(ranks)
+            extra = f", ranks: {', '.join(_seen(r or {}) for r in rank_list)}" if rank_list else ""
+            parts.append(f"job `{label}` {_seen(job)}{extra}")
+        line += "; " + "; ".join(parts)
+    return line
 
 
-def _plot_latency(metrics: dict, path: Path) -> bool:
-    latencies = metrics.get("submit_to_start_seconds")
-    if not latencies:
-        return False
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(range(1, len(latencies) + 1), latencies)
-    ax.set(xlabel="job (in order of submission)", ylabel="seconds",
-           title="sbatch → job start (includes queueing for the GPUs)")
-    ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+def _job_lines(result: dict) -> list[str]:
+    jobs = [("", result["job"])] if isinstance(result.get("job"), dict) else \
+        [(f"`{k}`: ", v) for k, v in (result.get("jobs") or {}).items() if isinstance(v, dict)]
+    lines = []
+    for label, job in jobs:
+        lines += ["", f"{label}SLURM job {job.get('job_id')} on `{job.get('node')}`: {job.get('state')}, exit "
+                      f"{job.get('exit_code')}, {job.get('elapsed_seconds')} s; GRES environment "
+                      f"`CUDA_VISIBLE_DEVICES={(job.get('gres_env') or {}).get('CUDA_VISIBLE_DEVICES')}`; "
+                      f"log `{job.get('log_path')}`"]
+    return lines
 
 
-def _plot_storage(metrics: dict, path: Path) -> bool:
-    bars = {k: metrics.get(k) for k in ("write_mb_per_s", "read_mb_per_s", "cross_job_read_mb_per_s")}
-    bars = {k.replace("_mb_per_s", "").replace("_", " "): v for k, v in bars.items() if v}
-    if not bars:
-        return False
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(list(bars), list(bars.values()), color=["#4c72b0", "#55a868", "#c44e52"][: len(bars)])
-    ax.set(ylabel="MB/s", title=f"Shared storage ({metrics.get('fs_type')}, {metrics.get('bytes', 0) >> 20} MiB file)")
-    ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+def _plots(task_cls, metrics: dict, folder: Path) -> list[str]:
+    lines = []
+    for plot in getattr(task_cls, "plots", ()) if task_cls is not None else ():
+        try:
+            drawn = plot.draw(metrics, folder / plot.file)
+        except Exception as exc:  # a plot must not hide the verdict: say what went wrong, go on
+            import matplotlib.pyplot as plt
+            plt.close("all")
+            lines += ["", f"(plot `{plot.file}` could not be drawn: {type(exc).__name__}: {exc})"]
+            continue
+        if drawn:
+            lines += ["", f"![{plot.file}]({plot.file})"]
+    return lines
 
 
-def _plot_serving(metrics: dict, path: Path) -> bool:
-    stages = [st for st in metrics.get("stages") or [] if st.get("p95_ms") is not None]
-    if not stages:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 3))
-    x = range(len(stages))
-    for offset, key in ((-0.25, "p50_ms"), (0, "p95_ms"), (0.25, "p99_ms")):
-        ax.bar([i + offset for i in x], [st.get(key) or 0 for st in stages], width=0.25, label=key[:3].upper())
-    ax.set_xticks(list(x), [f"{st['stage']}\n{st.get('throughput_rps')} req/s" for st in stages], fontsize=8)
-    ax.set(ylabel="latency (ms)", title=f"load test per stage ({metrics.get('device', '?')})")
-    ax.legend()
-    ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
-
-
-def _plot_evaluation(metrics: dict, path: Path) -> bool:
-    models = metrics.get("models") or {}
-    keys = sorted({k for scores in models.values() for k, v in scores.items()
-                   if isinstance(v, (int, float)) and not k.endswith("samples")})
-    if not models or not keys:
-        return False
-    fig, ax = plt.subplots(figsize=(8, 3))
-    for i, (label, scores) in enumerate(sorted(models.items())):
-        ax.bar([j + (i - 0.5) * 0.4 for j in range(len(keys))], [scores.get(k) or 0 for k in keys], width=0.4,
-               label=label)
-    ax.set_xticks(range(len(keys)), keys, fontsize=7, rotation=20, ha="right")
-    ax.set(title=f"Oumi evaluation: base vs fine-tuned ({next(iter(models.values())).get('gsm8k_samples', '?')} "
-                 "records a set)")
-    ax.legend()
-    ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
-
-
-PLOTS = {"mlops_1_1": [("mnist_loss.png", _plot_loss)],
-         "mlops_1_2": [("smollm_loss.png", lambda m, p: _plot_loss(m, p, "SmolLM2 (Oumi)", "logged step"))],
-         "mlops_2_1": [("cifar_scaling.png", _plot_scaling)],
-         "mlops_2_2": [("smollm_scaling.png", lambda m, p: _plot_scaling(m, p, "SmolLM2 (Oumi)", "logged step"))],
-         "mlops_3_2": [("oumi_evaluation.png", _plot_evaluation)],
-         "mlops_4_1": [("cpu_serving_latency.png", _plot_serving)],
-         "mlops_4_2": [("llm_serving_latency.png", _plot_serving)],
-         "slurm": [("slurm_latency.png", _plot_latency)],
-         "storage": [("storage_throughput.png", _plot_storage)]}
-
-
-def render(outputs: dict, folder: Path) -> str:
-    info = outputs.get("validation", {})
-    run = outputs.get("_run", {})
-    tasks = [t for t in info.get("tasks", TITLES) if t in outputs]
-    counts = {"pass": 0, "fail": 0, "not_applicable": 0, "missing": 0}
-    for task in tasks:
-        for status, n in outputs[task].get("summary", {}).items():
-            counts[status] += n
-    ok = counts["fail"] == 0 and counts["missing"] == 0 and run.get("exit_code", 0) == 0
+def render(outputs: dict, folder: Path, tasks: Optional[Sequence[type]] = None) -> str:
+    """report.md's text; plots are written into `folder`. `tasks`: the registry (stacks.tasks.TASKS) by default;
+    each with .name, .title and .plots."""
+    if tasks is None:
+        from stacks.tasks import TASKS  # imports Pulumi: only when a report is made
+        tasks = TASKS
+    outputs = outputs if isinstance(outputs, dict) else {}
+    registry = {t.name: t for t in tasks}
+    title = lambda name: registry[name].title if name in registry else name  # noqa: E731
+    v = overall(outputs)
+    info = outputs.get("validation") if isinstance(outputs.get("validation"), dict) else {}
+    run = outputs.get("_run") if isinstance(outputs.get("_run"), dict) else {}
+    c = v["counts"]
     lines = [f"# MLOps validation report — stack `{info.get('stack', '?')}`", "",
-             f"**Verdict: {'PASS' if ok else 'FAIL'}** — {counts['pass']} targets met, {counts['fail']} failed, "
-             f"{counts['missing']} missing, {counts['not_applicable']} not applicable on this hardware.", "",
-             f"- Cluster: {info.get('hpc_target', '?')} (`{info.get('cluster_id', '?')}`), profile `{info.get('profile')}`",
-             f"- Shared storage: `{info.get('shared_storage', '?')}`"]
+             f"**Verdict: {v['status']}** — {c['pass']} targets met, {c['fail']} failed, {c['missing']} missing, "
+             f"{c['not_applicable']} not applicable on the declared hardware."]
+    if v["reasons"]:
+        lines += ["", "Why it is FAIL:", ""] + [f"- {_cell(r)}" for r in v["reasons"]]
+    lines += ["", f"- Cluster: {info.get('hpc_target', '?')} (`{info.get('cluster_id', '?')}`), "
+                  f"profile `{info.get('profile')}`",
+              f"- Declared hardware (config): {_declared(v['platform'])}",
+              f"- Shared storage: `{info.get('shared_storage', '?')}`"]
     if info.get("note"):
         lines.append(f"- Note: {info['note']}")
     if run:
         lines.append(f"- `pulumi up` exit code {run.get('exit_code')}, {run.get('pulumi_seconds')} s")
-    missing_tasks = [t for t in info.get("tasks", []) if t not in outputs]
-    if missing_tasks:
-        lines.append(f"- **Tasks with no output (their resources failed):** {', '.join(missing_tasks)}")
-    for task in tasks:
-        result = outputs[task]
-        lines += ["", f"## {TITLES.get(task, task)}", ""] + _targets_table(result)
-        for job in [result["job"]] if result.get("job") else list(result.get("jobs", {}).values()):
-            lines += ["", f"SLURM job {job.get('job_id')} on `{job.get('node')}`: {job.get('state')}, exit "
-                          f"{job.get('exit_code')}, {job.get('elapsed_seconds')} s; GRES environment "
-                          f"`CUDA_VISIBLE_DEVICES={job.get('gres_env', {}).get('CUDA_VISIBLE_DEVICES')}`; "
-                          f"log `{job.get('log_path')}`"]
-        for name, plot in PLOTS.get(task, []):
-            if plot(result.get("metrics", {}), folder / name):
-                lines += ["", f"![{name}]({name})"]
-        shown = {k: v for k, v in result.get("metrics", {}).items() if not isinstance(v, (dict, list))}
+    not_run = dict(v["not_run"])
+    unknown = "unknown: the outputs do not say which tasks were enabled (no `validation` section)"
+    not_run.update({t.name: NOT_ENABLED if info else unknown for t in tasks if t.name not in v["enabled"]})
+    if not_run:
+        lines += ["", "## Tasks not run", "", "| task | why |", "|---|---|"]
+        lines += [f"| {_cell(title(name))} (`{name}`) | {_cell(why)} |" for name, why in not_run.items()]
+    order = [t.name for t in tasks if t.name in v["tasks"]] + [t for t in v["tasks"] if t not in registry]
+    for task in order:
+        result, judged = outputs[task], v["tasks"][task]
+        metrics = result.get("metrics") or {}
+        lines += ["", f"## {title(task)}", "", _hardware(judged["hardware"]), ""] + _targets_table(judged["targets"])
+        lines += _job_lines(result)
+        lines += _plots(registry.get(task), metrics, folder)
+        shown = {k: val for k, val in metrics.items() if not isinstance(val, (dict, list))}
         lines += ["", "<details><summary>All metrics</summary>", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(shown.items())]
+        lines += [f"| {k} | {_cell(_fmt(val))} |" for k, val in sorted(shown.items())]
         lines += ["", "</details>"]
+    if v["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {_cell(n)}" for n in v["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -191,8 +151,9 @@ def main(argv: list[str]) -> int:
     source = Path(argv[0])
     outputs = json.loads(source.read_text())
     report = source.with_name("report.md")
-    report.write_text(render(outputs, source.parent))
-    print(f"report: {report}")
+    from stacks.tasks import TASKS  # the registry imports Pulumi
+    report.write_text(render(outputs, source.parent, TASKS))
+    print(f"report: {report} (verdict: {overall(outputs)['status']})")
     return 0
 
 
