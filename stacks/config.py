@@ -1,15 +1,17 @@
-"""The one place that reads `pulumi.Config`: raw values in, validated Settings (validation/config.py) out."""
+"""The one place that reads `pulumi.Config`: raw values in, validated Settings (validation/config/) out. The keys
+are the schema's: a section is read as an object, a plain value as a string."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional, get_origin
 
 import pulumi
 
 from validation.config import ConfigError, Settings, parse
 
-OBJECT_KEYS = ("tasks", "hpc", "storage", "slurmProbe", "mnist", "cifar", "llm", "kubernetes", "serving", "oumi")
-KEYS = ("profile", "datasetsDir", *OBJECT_KEYS)
+# key in Pulumi.<stack>.yaml -> whether it is a plain value (else an object: a section, a list)
+KEYS = {field.alias or name: field.annotation is str or get_origin(field.annotation) is Literal
+        for name, field in Settings.model_fields.items()}
 
 
 @dataclass
@@ -26,8 +28,7 @@ class StackConfig:
 
 def load() -> StackConfig:
     cfg = pulumi.Config()
-    raw = {key: cfg.get_object(key) if key in OBJECT_KEYS else cfg.get(key)
-           for key in KEYS}
+    raw = {key: cfg.get(key) if plain else cfg.get_object(key) for key, plain in KEYS.items()}
     try:
         settings = parse(raw)
     except ConfigError as exc:

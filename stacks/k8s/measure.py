@@ -19,14 +19,12 @@ from pulumi.dynamic import CreateResult, Resource
 from stacks.k8s.kube_api import timestamp
 from stacks.k8s.names import IS_LABEL
 from stacks.provider import ReplacingProvider
-from validation.targets import for_task, judge
 
 # V1 protocol requests the predictors of workloads/serving/ answer (model name = InferenceService name).
 REQUESTS = {
     "mnist": {"instances": [[0.0] * 784]},
     "smollm2": {"instances": [{"prompt": "What is the capital of France?", "max_new_tokens": 8}]},
 }
-MEASURED_KEYS = ("readiness_seconds", "cold_start_seconds", "autoscaling_seconds")
 
 
 class MeasurementError(RuntimeError):
@@ -99,25 +97,6 @@ def request_target(status_url: str, ingress_url: Optional[str], model_name: str)
     if not ingress_url:
         return status_url.rstrip("/") + path, {}
     return ingress_url.rstrip("/") + path, {"Host": urlsplit(status_url).hostname}
-
-
-def service_verdicts(task: str, metrics: dict, not_applicable: dict[str, str],
-                     failed: Optional[dict[str, str]] = None) -> list[dict]:
-    """The spec's verdicts for what this stack measures on a cluster (targets.yaml rows of the task whose
-    key is one of MEASURED_KEYS). A metric that cannot exist in this setup is not applicable, and one whose
-    event never came (no scale-up within the window) fails; both say why."""
-    rows = []
-    for target in for_task(task):
-        if target.key not in MEASURED_KEYS:
-            continue
-        row = {"id": target.id, "metric": target.metric, "target": target.wanted, "source": target.source}
-        if target.key in not_applicable:
-            rows.append({**row, "status": "not_applicable", "value": None, "reason": not_applicable[target.key]})
-        elif target.key in (failed or {}):
-            rows.append({**row, "status": "fail", "value": None, "reason": failed[target.key]})
-        else:
-            rows.append(judge(target, metrics, {"kubernetes": True, "device": metrics.get("device", "cuda")}))
-    return rows
 
 
 # -- talking to the cluster ------------------------------------------------------------------------
@@ -203,7 +182,8 @@ def measure_service(cluster: Cluster, svc: dict, settings: dict) -> dict:
     if "autoscaling_seconds" not in not_applicable and metrics["autoscaling_seconds"] is None:
         failed["autoscaling_seconds"] = (f"no pod beyond the baseline {baseline} became ready within "
                                          f"{settings['ramp_seconds'] + 120} s of load")
-    metrics["verdicts"] = service_verdicts(svc["task"], metrics, not_applicable, failed)
+    # Judged with the task's other figures (stacks/tasks/mlops_4_1.py): a figure that is None says here why.
+    metrics["not_measured"] = {**not_applicable, **failed}
     return metrics
 
 

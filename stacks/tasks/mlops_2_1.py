@@ -1,69 +1,89 @@
-"""MLOPS-2.1: CIFAR-10 data-parallel training, run twice with the same global batch, epochs and seed —
-on one GPU, then on two (two tasks under srun, DistributedDataParallel over NCCL, gloo on CPU) — to
-measure the speedup the second GPU buys."""
+"""MLOPS-2.1: CIFAR-10 data-parallel training, run twice with the same global batch, epochs and seed — on one
+GPU, then on two (two tasks under srun, DistributedDataParallel over NCCL, gloo on CPU) — to measure the speedup
+the second GPU buys. The two runs are judged the same work by what the trainers counted, not by their arguments."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import pulumi
 
-from stacks.slurm.job import WorkloadContext
-from stacks.slurm.staging import StagedDirectory, StagedDirectoryArgs, check_against_sums
+from stacks.tasks import Measured, Task, devices
+from validation.plots import Plot, scaling
 
-CIFAR_FILES = [f"cifar10_train_part{i}.npz" for i in range(5)] + ["cifar10_test.npz"]
-
-
-@dataclass
-class CifarDataParallelArgs:
-    datasets_dir: str
-    epochs: Optional[int] = None
-    global_batch_size: Optional[int] = None
-    max_train_samples: Optional[int] = None
-    cpus_per_rank: int = 1
-    time_limit_minutes: int = 30
+CIFAR_FILES = tuple(f"cifar10_train_part{i}.npz" for i in range(5)) + ("cifar10_test.npz",)
 
 
-class CifarDataParallel(pulumi.ComponentResource):
-    def __init__(self, name: str, ctx: WorkloadContext, args: CifarDataParallelArgs,
-                 opts: Optional[pulumi.ResourceOptions] = None):
-        super().__init__("mlops:tasks:CifarDataParallel", name, None, opts)
-        datasets = Path(args.datasets_dir)
-        files = check_against_sums(datasets / "cifar10", datasets / "SHA256SUMS",
-                                   [f"cifar10/{f}" for f in CIFAR_FILES])
-        data = StagedDirectory(f"{name}-data", StagedDirectoryArgs(
-            connection=ctx.connection, cluster_id=ctx.cluster_id, source=str(datasets / "cifar10"),
-            destination=ctx.root.apply(lambda r: f"{r}/datasets/cifar10"), files=files),
-            pulumi.ResourceOptions(parent=self))
-        extra = "".join(f" --{flag} {value}" for flag, value in (
-            ("epochs", args.epochs), ("global-batch-size", args.global_batch_size),
-            ("max-train-samples", args.max_train_samples)) if value)
+class CifarDataParallel(Task):
+    name = "mlops_2_1"
+    spec = "MLOPS-2.1"
+    title = "MLOPS-2.1 CIFAR-10 data-parallel training (1 vs 2 GPUs)"
+    data = {"cifar10": CIFAR_FILES}
+    gpu = True
+    plots = (Plot("cifar_scaling.png", scaling("CIFAR-10", "epoch")),)
+
+    @classmethod
+    def check(cls, settings) -> Optional[str]:
+        return two_gpus_on_a_node(settings)
+
+    def build(self, run) -> Measured:
+        s, data = run.settings, run.dataset("cifar10")
+        flags = {"epochs": "cifar.epochs", "global-batch-size": "cifar.global_batch_size",
+                 "max-train-samples": "cifar.max_train_samples"}
+        extra = "".join(f" --{flag} {s.option(path)}" for flag, path in flags.items() if s.option(path) is not None)
         cli = data.path.apply(lambda d: f"--data-dir {d} --out-dir $JOB_DIR{extra}")
-        # Sequential, so the two runs never share the node's GPUs (or, on CPU, its cores).
-        self.single = ctx.job(f"{name}-1gpu", "workloads.cifar10", cli, gpus=1, tasks=1, cpus=args.cpus_per_rank,
-                              time_limit_minutes=args.time_limit_minutes, opts=pulumi.ResourceOptions(parent=self))
-        self.double = ctx.job(f"{name}-2gpu", "workloads.cifar10", cli, gpus=2, tasks=2, cpus=args.cpus_per_rank,
-                              time_limit_minutes=args.time_limit_minutes,
-                              opts=pulumi.ResourceOptions(parent=self, depends_on=[self.single]))
-        self.metrics: pulumi.Output[dict] = pulumi.Output.all(self.single.metrics, self.double.metrics).apply(
-            lambda v: compare(*v))
-        self.register_outputs({"metrics": self.metrics})
+        common = dict(cpus=1, time_limit_minutes=s.hpc.job_timeout_minutes, data=[data.digest])
+        single = run.jobs.job("mlops-2-1-1gpu", "workloads.cifar10", cli, gpus=1, tasks=1, **common)
+        # After the 1-GPU run, so the two never share the node's GPUs (or, on CPU, its cores).
+        double = run.jobs.job("mlops-2-1-2gpu", "workloads.cifar10", cli, gpus=2, tasks=2, **common,
+                              opts=pulumi.ResourceOptions(depends_on=[single]))
+        both = pulumi.Output.all(single.metrics, double.metrics)
+        return Measured(metrics=both.apply(lambda v: compare(*v)),
+                        observed=both.apply(lambda v: devices(**{"1gpu": v[0], "2gpu": v[1]})),
+                        records={"jobs": pulumi.Output.all(**{"1gpu": single.summary(), "2gpu": double.summary()})},
+                        done=[single, double])
+
+
+def two_gpus_on_a_node(settings) -> Optional[str]:
+    if settings.hpc.gpus_per_node < 2:
+        return (f"needs 2 GPUs on one node, but hpc.gpusPerNode is {settings.hpc.gpus_per_node}: "
+                "use a partition with 2 GPUs a node, or leave the task out of `tasks`")
+    return None
+
+
+def same_work(one: dict, two: dict, keys: tuple[str, ...], tolerance: float = 0.0) -> Optional[bool]:
+    """Whether two runs did the same work, by what their trainers counted (summed over ranks): each count equal
+    within `tolerance` (relative); None when a run did not count it."""
+    for key in keys:
+        a, b = one.get(key), two.get(key)
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            return None
+        if abs(a - b) > tolerance * max(abs(a), abs(b)):
+            return False
+    return True
+
+
+def speedup(one: dict, two: dict) -> tuple[Optional[float], Optional[float]]:
+    """t(1 GPU) / t(2 GPUs), and that over the world size the 2-GPU run measured (its scaling efficiency)."""
+    if not one.get("train_seconds") or not two.get("train_seconds"):
+        return None, None
+    ratio = one["train_seconds"] / two["train_seconds"]
+    return round(ratio, 3), round(ratio / two["world_size"], 3) if two.get("world_size") else None
 
 
 def compare(one: dict, two: dict) -> dict:
     """The two runs side by side, and the figures the targets name."""
-    speedup = one["train_seconds"] / two["train_seconds"] if two.get("train_seconds") else None
-    util = (two.get("gpu_utilization") or {}).get("mean_percent")
+    ratio, efficiency = speedup(one, two)
     return {
         "test_accuracy": two.get("test_accuracy"), "test_accuracy_1gpu": one.get("test_accuracy"),
         "train_seconds_1gpu": one.get("train_seconds"), "train_seconds_2gpu": two.get("train_seconds"),
-        "speedup": round(speedup, 3) if speedup else None,
-        "scaling_efficiency": round(speedup / two["world_size"], 3) if speedup and two.get("world_size") else None,
+        "speedup": ratio, "scaling_efficiency": efficiency,
+        "same_work": same_work(one, two, ("samples_trained", "epochs_completed")),
+        "samples_trained_1gpu": one.get("samples_trained"), "samples_trained_2gpu": two.get("samples_trained"),
         "world_size": two.get("world_size"), "world_size_1gpu": one.get("world_size"),
         "backend": two.get("backend"), "params_in_sync": two.get("params_in_sync"),
         "max_param_divergence": two.get("max_param_divergence"),
-        "gpu_utilization_mean_percent": util, "device": two.get("device"), "device_name": two.get("device_name"),
+        "gpu_utilization_mean_percent": (two.get("gpu_utilization") or {}).get("mean_percent"),
+        "device": two.get("device"), "device_name": two.get("device_name"),
         "epochs": two.get("epochs"), "global_batch_size": two.get("global_batch_size"),
         "loss_curve_1gpu": one.get("loss_curve"), "loss_curve_2gpu": two.get("loss_curve"),
         "runs": {"1gpu": one, "2gpu": two},

@@ -7,6 +7,19 @@ from typing import Optional
 import pulumi
 
 from stacks.slurm.job import WorkloadContext
+from stacks.tasks import Measured, Task
+from validation.plots import Plot, storage_throughput
+
+
+class SharedStorage(Task):
+    name = "storage"
+    title = "Shared storage (BeeGFS at a site)"
+    plots = (Plot("storage_throughput.png", storage_throughput()),)
+
+    def build(self, run) -> Measured:
+        check = StorageCheck("storage", run.jobs, size_mb=run.settings.option("storage.size_mb"))
+        return Measured(metrics=check.metrics, records={"jobs": pulumi.Output.all(
+            write=check.writer.summary(), verify=check.reader.summary())}, done=[check])
 
 
 class StorageCheck(pulumi.ComponentResource):

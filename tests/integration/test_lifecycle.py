@@ -62,6 +62,7 @@ def test_unreachable_login_node_fails_fast_and_names_it(tmp_path):
     target: ssh
     ssh: {{host: 127.0.0.1, port: {port}, user: root, connectTimeoutSeconds: 5}}
     sharedStorage: /tmp/mlops-validation/itest-unreachable
+    gpu: none
 """)
     try:
         site.set_secret("sshPrivateKey", (tmp_path / "k").read_text())
@@ -88,6 +89,7 @@ def test_failing_job_fails_up_with_id_state_exit_code_and_log(live_itest):
     sharedStorage: {STATE_ROOT / ITEST / 'shared' / 'failjob'}
     python: /nonexistent/python
     gpusPerNode: 2
+    gpu: none
 """)
     try:
         site.set_secret("sshPrivateKey", key)

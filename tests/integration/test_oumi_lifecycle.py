@@ -27,6 +27,7 @@ def _site_yaml(login: dict, shared: str, extra_oumi: str = "", python: str = "")
     ssh: {{host: {login['host']}, port: {login['port']}, user: {login['user']}, connectTimeoutSeconds: 5,
            knownHostsFile: {login.get('known_hosts_file') or '/dev/null'}}}
     sharedStorage: {shared}
+    gpu: none
 {python}"""
 
 

@@ -3,7 +3,7 @@ or job starts, so there is nothing to clean up."""
 import shutil
 import time
 
-from stacks.tasks.llm import SFT_FILES
+from stacks.tasks.fixtures import SFT_FILES
 from tests.integration.conftest import ROOT, STATE_ROOT, TempStack, stack
 
 

@@ -12,27 +12,33 @@ import time
 
 import pytest
 
-from stacks.local.serving import pipeline_metrics, serving_metrics
+from stacks.tasks.mlops_4_1 import serving_metrics
+from stacks.tasks.mlops_5_1 import pipeline_metrics
 from stacks.local.process import (ServingError, alive, error_line, port_free, run_workload, start_daemon,
                                     start_time, stop_group)
 from validation.config import ConfigError, parse
 from validation.targets import task_result
-from workloads.serving.load_test import (Stage, bad_request_summary, example_request, parse_stage, percentile,
+from workloads.serving.load_generator import (Stage, bad_request_summary, example_request, parse_stage, percentile,
                                          read_aggregate)
+
+
+PLATFORM = {"gpu": None, "gpus_per_node": 2, "kubernetes": False}  # the embedded default
+H200 = {**PLATFORM, "gpu": "NVIDIA H200"}
 
 
 # -- config ---------------------------------------------------------------------------------------------
 def test_serving_defaults_and_profile_stages():
     s = parse({})
     assert s.serving.base_port == 16900 and s.serving_state_dir("dev") == "/tmp/mlops-validation/dev-serving"
-    assert s.serving_option("cpu_stages") and all(parse_stage(x) for x in s.serving_option("cpu_stages"))
-    assert all(parse_stage(x) for x in parse({"profile": "full"}).serving_option("llm_stages"))
+    assert s.option("serving.cpu.stages") and all(parse_stage(x) for x in s.option("serving.cpu.stages"))
+    assert all(parse_stage(x) for x in parse({"profile": "full"}).option("serving.llm.stages"))
     assert {"mlops_4_1", "mlops_4_2", "mlops_5_1"} <= set(s.tasks)
 
 
 @pytest.mark.parametrize("raw, needle", [
-    ({"tasks": ["mlops_4_1"]}, "task mlops_4_1 serves MLOPS-1.1's model"),
-    ({"tasks": ["mlops_1_1", "mlops_5_1"]}, "mlops_5_1 (train, register, sync, deploy) needs mlops_1_1 and mlops_4_1"),
+    ({"tasks": ["mlops_4_1"]}, "mlops-validation:tasks: mlops_4_1 serves MLOPS-1.1's model"),
+    ({"tasks": ["mlops_4_1", "mlops_5_1"], "serving": {"cpu": {"storageUri": "s3://models/mnist/x"}}},
+     "mlops-validation:tasks: mlops_5_1 registers and deploys MLOPS-1.1's model"),
     ({"serving": {"cpu": {"stages": ["users=0"]}}}, "mlops-validation:serving.cpu: stages: 'users=0'"),
     ({"serving": {"cpu": {"storageUri": "http://x/y"}}}, "mlops-validation:serving.cpu.storageUri"),
     ({"serving": {"basePort": 80}}, "mlops-validation:serving.basePort"),
@@ -160,32 +166,32 @@ def test_cpu_serving_metrics_are_judged_and_autoscaling_is_not_applicable_here()
     m = serving_metrics(load, 4.2, {"model_load_seconds": 0.2, "download_seconds": 0.1, "model_bytes": 10},
                         {"sync_seconds": 0.05, "bytes": 10}, "s3://models/mnist/x")
     assert m["cold_start_seconds"] == 4.2 and m["model_load_seconds"] == 0.2 and m["device"] == "cpu"
-    result = task_result("mlops_4_1", m, {"device": "cpu", "kubernetes": False})
+    result = task_result("mlops_4_1", m, {"device": "cpu"}, PLATFORM)
     status = {r["id"]: r["status"] for r in result["targets"]}
     assert status["cpu_p95"] == status["cpu_cold_start"] == status["cpu_uptime"] == "pass"
     assert status["cpu_autoscaling"] == "not_applicable"
-    slow = task_result("mlops_4_1", {**m, "p95_ms": 150.0}, {"device": "cpu"})
+    slow = task_result("mlops_4_1", {**m, "p95_ms": 150.0}, {"device": "cpu"}, PLATFORM)
     assert {r["id"]: r["status"] for r in slow["targets"]}["cpu_p95"] == "fail"
 
 
 def test_gpu_targets_are_not_applicable_on_cpu_but_uptime_is_judged():
     m = serving_metrics({"p95_ms": 900.0, "throughput_rps": 2.0, "uptime_fraction": 1.0}, 12.0,
                         {"device": "cpu", "device_name": "cpu"}, {}, "s3://models/smollm2/x")
-    status = {r["id"]: r["status"] for r in task_result("mlops_4_2", m, {"device": "cpu"})["targets"]}
+    status = {r["id"]: r["status"] for r in task_result("mlops_4_2", m, {"device": "cpu"}, PLATFORM)["targets"]}
     assert status["gpu_p95"] == status["gpu_throughput"] == status["gpu_cold_start"] == "not_applicable"
     assert status["gpu_uptime"] == "pass"
     on_gpu = {r["id"]: r["status"] for r in task_result("mlops_4_2", {**m, "cold_start_seconds": 45.0},
-                                                        {"device": "cuda"})["targets"]}
+                                                        {"device": "cuda"}, H200)["targets"]}
     assert on_gpu["gpu_cold_start"] == "fail" and on_gpu["gpu_p95"] == "fail"
 
 
 def test_pipeline_time_is_the_sum_of_measured_stages_or_none():
     reg = {"registration_seconds": 0.5}
-    m = pipeline_metrics(reg, {"sync_seconds": 0.25}, 3.0, 60.0, "s3://models/mnist/x")
+    m = pipeline_metrics(reg, {"sync_seconds": 0.25}, 3.0, 60.0, "s3://models/mnist/x", "http://127.0.0.1:1")
     assert m["pipeline_seconds"] == 63.75 and m["registration_seconds"] == 0.5
-    status = {r["id"]: r["status"] for r in task_result("mlops_5_1", m, {"device": "n/a"})["targets"]}
+    status = {r["id"]: r["status"] for r in task_result("mlops_5_1", m, {"device": "n/a"}, PLATFORM)["targets"]}
     assert set(status.values()) == {"pass"}
-    assert pipeline_metrics(reg, {}, 3.0, None, "s3://x/y")["pipeline_seconds"] is None
+    assert pipeline_metrics(reg, {}, 3.0, None, "s3://x/y", "http://127.0.0.1:1")["pipeline_seconds"] is None
 
 
 def test_llm_folder_digest_follows_content_and_names(tmp_path):

@@ -1,0 +1,97 @@
+"""The site one `pulumi up` validates, as the tasks see it: the settings and secrets, the SLURM cluster (embedded
+or a site's login node), the workloads' code and the data sets on its shared storage, and what the tasks built
+before. Tasks share components through `fixture` (built once, by the first task that needs it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import pulumi
+
+from stacks import config
+from stacks.slurm.job import WorkloadContext
+from stacks.slurm.staging import (StagedDirectory, StagedDirectoryArgs, check_against_sums, manifest,
+                                  manifest_digest, preflight)
+from stacks.slurm.target import HpcTarget, HpcTargetArgs
+from stacks.tasks import Measured, data_needs
+from validation.config import Settings
+
+WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
+T = TypeVar("T")
+
+
+@dataclass
+class Dataset:
+    """A data set staged on shared storage: its folder there, and the digest of its files (new data re-runs jobs)."""
+
+    path: pulumi.Output[str]
+    digest: str
+
+
+@dataclass
+class Run:
+    cfg: config.StackConfig
+    hpc: HpcTarget
+    jobs: WorkloadContext  # submits the workloads as SLURM jobs (stacks/slurm/job.py)
+    built: dict[str, Measured] = field(default_factory=dict)
+    _fixtures: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, cfg: config.StackConfig) -> "Run":
+        """Check the enabled tasks' data, then bring up the cluster target and stage the workloads' code."""
+        s = cfg.settings
+        try:
+            preflight(s.datasets_dir, data_needs(s.tasks))
+        except (OSError, ValueError) as exc:
+            raise pulumi.RunError(f"dataset check failed: {exc}") from None
+        hpc = HpcTarget("hpc", HpcTargetArgs(settings=s, stack=cfg.stack, ssh_private_key=cfg.ssh_private_key))
+        code_files = manifest(WORKLOADS)
+        code = StagedDirectory("workloads-code", StagedDirectoryArgs(
+            connection=hpc.connection, cluster_id=hpc.cluster_id, source=str(WORKLOADS),
+            destination=hpc.root.apply(lambda r: f"{r}/code/workloads"), files=code_files))
+        jobs = WorkloadContext(
+            connection=hpc.connection, cluster_id=hpc.cluster_id, root=hpc.root,
+            code_dir=code.path.apply(lambda p: p.rsplit("/", 1)[0]), python=s.cluster_python(),
+            partition=s.hpc.partition, gpus_per_node=s.hpc.gpus_per_node, cpus_per_task=s.hpc.cpus_per_task,
+            container_image=s.hpc.container.image, code_version=manifest_digest(code_files))
+        return cls(cfg=cfg, hpc=hpc, jobs=jobs)
+
+    @property
+    def settings(self) -> Settings:
+        return self.cfg.settings
+
+    @property
+    def stack(self) -> str:
+        return self.cfg.stack
+
+    def runs(self, task: str) -> bool:
+        return task in self.settings.tasks
+
+    def provided(self, task: str, key: str, default: Any = None) -> Any:
+        """A value an earlier task provides (its model, …), or the default when that task does not run."""
+        return self.built[task].provides.get(key, default) if task in self.built else default
+
+    def after(self, *tasks: str) -> list[pulumi.Resource]:
+        """What the named tasks' resources were, for depends_on: those that run come first."""
+        return [r for t in tasks if t in self.built for r in self.built[t].done]
+
+    def fixture(self, name: str, make: Callable[["Run"], T]) -> T:
+        """A component that several tasks share, made by the first that asks for it."""
+        if name not in self._fixtures:
+            self._fixtures[name] = make(self)
+        return self._fixtures[name]
+
+    def dataset(self, folder: str) -> Dataset:
+        """The folder of datasetsDir, with every file the enabled tasks need of it, staged once on shared storage."""
+        def stage(run: "Run") -> Dataset:
+            s = run.settings
+            root = Path(s.datasets_dir)
+            names = data_needs(s.tasks)[folder]
+            files = check_against_sums(root / folder, root / "SHA256SUMS", [f"{folder}/{n}" for n in names])
+            staged = StagedDirectory(f"data-{folder}", StagedDirectoryArgs(
+                connection=run.hpc.connection, cluster_id=run.hpc.cluster_id, source=str(root / folder),
+                destination=run.hpc.root.apply(lambda r: f"{r}/datasets/{folder}"), files=files))
+            return Dataset(path=staged.path, digest=manifest_digest(files))
+
+        return self.fixture(f"dataset:{folder}", stage)

@@ -1,0 +1,27 @@
+"""Sizes per profile, kept once: `smoke` fits 2 shared CPU cores and CI (the embedded default), `full` a GPU
+cluster. Keys are dotted config paths (snake_case); `Settings.option(path)` takes the stack's value, else the
+profile's here, else None, which the workload reads as its own default."""
+
+PROFILES: dict[str, dict[str, object]] = {
+    "smoke": {
+        "storage.size_mb": 64,
+        "slurm_probe.jobs": 10,
+        # 3 epochs of the small net reach ~0.72 on 2 CPU cores in about a minute (docs/benchmarks.md)
+        "cifar.epochs": 3,
+        # 4 steps of batch 4 at 128 tokens show the loss and held-out loss moving on CPU
+        "llm.max_steps": 4, "llm.global_batch_size": 4, "llm.seq_len": 128, "llm.eval_samples": 8, "llm.lr": 1e-4,
+        # MLOPS-3.x: a few minutes on 2 CPU cores for both tasks
+        "oumi.train_steps": 4, "oumi.eval_samples": 4, "oumi.max_new_tokens": 128, "oumi.max_length": 128,
+        # load tests: seconds on 2 shared CPU cores
+        "serving.cpu.stages": ["users=1", "users=4", "users=2,rate=20"], "serving.cpu.stage_seconds": 8,
+        "serving.llm.stages": ["users=1", "users=4,rate=2"], "serving.llm.stage_seconds": 8,
+    },
+    "full": {
+        "storage.size_mb": 4096,
+        "slurm_probe.jobs": 100,
+        # cifar.epochs, llm.*: the workloads' own defaults (10 epochs of airbench94; 200 steps of 32 x 512 tokens)
+        "oumi.train_steps": 100, "oumi.eval_samples": 252, "oumi.max_new_tokens": 384, "oumi.max_length": 512,
+        "serving.cpu.stages": ["users=1", "users=16", "users=8,rate=200"], "serving.cpu.stage_seconds": 30,
+        "serving.llm.stages": ["users=1", "users=32", "users=64,rate=200"], "serving.llm.stage_seconds": 30,
+    },
+}
