@@ -83,6 +83,7 @@ def stage(conn: Connection, source: str, destination: str, files: dict[str, str]
 
 class _StagingProvider(ReplacingProvider):
     settings_only = ("connection",)
+
     def create(self, props: dict) -> CreateResult:
         outs = stage(Connection.from_props(props["connection"]), props["source"], props["destination"],
                      props["files"])

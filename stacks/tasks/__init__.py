@@ -84,10 +84,11 @@ class Task:
         raise NotImplementedError
 
 
-def _discover() -> tuple[type[Task], ...]:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    found = [cls for cls in _all_subclasses(Task) if "name" in cls.__dict__]
+def discover(path: list[str], package: str) -> tuple[type[Task], ...]:
+    """The Task classes that the modules of a package declare, in the matrix's order."""
+    modules = [importlib.import_module(f"{package}.{m.name}") for m in pkgutil.iter_modules(path)]
+    found = [cls for cls in _all_subclasses(Task) if "name" in cls.__dict__
+             and any(cls.__module__ == m.__name__ for m in modules)]
     names = [t.name for t in found]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
@@ -104,13 +105,13 @@ def _all_subclasses(cls: type) -> list[type]:
     return [sub for direct in cls.__subclasses__() for sub in (direct, *_all_subclasses(direct))]
 
 
-TASKS: tuple[type[Task], ...] = _discover()
+TASKS: tuple[type[Task], ...] = discover(__path__, __name__)
 BY_NAME: dict[str, type[Task]] = {t.name: t for t in TASKS}
 
 
-def build_order(enabled: list[str]) -> list[type[Task]]:
+def build_order(enabled: list[str], registry: tuple[type[Task], ...] = TASKS) -> list[type[Task]]:
     """The enabled tasks, each after the enabled tasks it uses (matrix order among the rest)."""
-    pending = [t for t in TASKS if t.name in enabled]
+    pending = [t for t in registry if t.name in enabled]
     ordered: list[type[Task]] = []
     while pending:
         done = {o.name for o in ordered}
@@ -122,10 +123,10 @@ def build_order(enabled: list[str]) -> list[type[Task]]:
     return ordered
 
 
-def data_needs(enabled: list[str]) -> dict[str, list[str]]:
+def data_needs(enabled: list[str], registry: tuple[type[Task], ...] = TASKS) -> dict[str, list[str]]:
     """Every dataset file the enabled tasks stage, by folder (for the check before anything starts)."""
     needs: dict[str, list[str]] = {}
-    for task in TASKS:
+    for task in registry:
         if task.name in enabled:
             for folder, files in task.data.items():
                 needs.setdefault(folder, [])
