@@ -43,8 +43,9 @@ def served(load: pulumi.Output[dict], predictor, cluster, model: str) -> pulumi.
     """A predictor's task metrics: the load test's figures, its cold start and model load, and the cluster's."""
     summary = cluster.summary if cluster is not None else None
     return pulumi.Output.all(load, predictor.cold_start_seconds, predictor.load_metrics, predictor.sync,
-                             predictor.storage_uri, summary).apply(
-        lambda v: {**serving_metrics(*v[:5]), **(kubernetes_figures(v[5], model) if v[5] is not None else {})})
+                             predictor.storage_uri, summary, predictor.url).apply(
+        lambda v: {**serving_metrics(*v[:5]), "predictor_url": v[6],
+                   **(kubernetes_figures(v[5], model) if v[5] is not None else {})})
 
 
 def serving_metrics(load: dict, cold_start: float, loaded: dict, sync: dict, storage_uri: str) -> dict:

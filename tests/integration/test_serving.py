@@ -33,9 +33,11 @@ def _post(url: str, body: bytes) -> tuple[int, str]:
 def serving(itest_stack):
     if itest_stack is None:
         pytest.skip("STACK_OUTPUTS given: no embedded stack is up to exercise")
-    if "serving" not in itest_stack:
+    urls = {name: itest_stack[task]["metrics"]["predictor_url"]
+            for name, task in (("mnist_predictor", "mlops_4_1"), ("llm_predictor", "mlops_4_2")) if task in itest_stack}
+    if not urls:
         pytest.skip("the itest stack runs no serving task")
-    return itest_stack["serving"]
+    return urls
 
 
 def test_predictors_answer_v1_v2_and_metrics_on_loopback_only(serving):
