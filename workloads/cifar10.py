@@ -39,7 +39,6 @@ from torch.nn.parallel import DistributedDataParallel
 from workloads import distributed
 from workloads.gpu_monitor import GpuUtilizationSampler
 from workloads.metrics_io import sha256_file, write_json_atomic
-from workloads.runtime import cpu_model_name
 
 PROCESS_START = time.perf_counter()
 
@@ -358,6 +357,8 @@ def train(args: argparse.Namespace, info: distributed.DistInfo, device: torch.de
     lookahead: Optional[Lookahead] = None
     loss_curve: list[float] = []
     step = 0
+    # The loop's own record, per rank: what was trained, not what was asked for.
+    samples_local = optimizer_steps = epochs_completed = 0
 
     # Each rank samples its own GPU (NVML, background thread); rank 0 collects them after training.
     sampler = GpuUtilizationSampler(device.index) if cuda else None
@@ -388,6 +389,8 @@ def train(args: argparse.Namespace, info: distributed.DistInfo, device: torch.de
             # exactly what one process computes at world size 1.
             (losses.sum() * world).backward()
             optimizer.step()
+            optimizer_steps += 1
+            samples_local += len(idx)
             optimizer.zero_grad(set_to_none=True)
             loss_sum += losses.detach().float().sum()
             step += 1
@@ -400,6 +403,7 @@ def train(args: argparse.Namespace, info: distributed.DistInfo, device: torch.de
                     lookahead.update(net, decay)
         if lookahead is not None:
             lookahead.update(net, 1.0)  # end each epoch on the slow weights
+        epochs_completed += 1
         epoch_loss = distributed.all_reduce_sum(loss_sum, info).item() / (steps_per_epoch * args.global_batch_size)
         loss_curve.append(round(epoch_loss, 6))
         log(f"epoch {epoch + 1}/{args.epochs}  loss {epoch_loss:.4f}  "
@@ -415,6 +419,10 @@ def train(args: argparse.Namespace, info: distributed.DistInfo, device: torch.de
         torch.distributed.all_gather_object(gathered, per_gpu[0])
         per_gpu = gathered
     utilisation = aggregate_utilisation(per_gpu) if cuda else None
+    # Each rank's own view (its process group's world size and backend, its device, its counts), gathered.
+    records = distributed.gather_records(distributed.rank_record(
+        device, samples_trained=samples_local, optimizer_steps=optimizer_steps, epochs_completed=epochs_completed))
+    ranks = distributed.summarize_ranks(records)
 
     # Every rank's parameters against rank 0's: zero means DDP kept the replicas identical.
     flat = torch.cat([p.detach().float().reshape(-1) for p in net.parameters()])
@@ -433,7 +441,7 @@ def train(args: argparse.Namespace, info: distributed.DistInfo, device: torch.de
     correct = int(distributed.all_reduce_sum(correct, info).item())
     eval_seconds = time.perf_counter() - t_eval
 
-    samples = steps_per_epoch * args.global_batch_size * args.epochs
+    samples = sum(r["samples_trained"] for r in records)  # over all ranks, as each rank counted them
     accuracy = correct / len(test_y)
     log(f"test accuracy {accuracy:.4f}  train {train_seconds:.1f}s  params in sync: {divergence == 0.0}", flush=True)
     return {
@@ -447,17 +455,24 @@ def train(args: argparse.Namespace, info: distributed.DistInfo, device: torch.de
         "warmup_seconds": round(warmup_seconds, 3),
         "eval_seconds": round(eval_seconds, 3),
         "epochs": args.epochs,
-        "steps": total_steps,
+        "epochs_completed": records[0]["epochs_completed"],
+        # Counted by the loop (rank 0; ranks_consistent and rank_counts show the others), not planned.
+        "steps": records[0]["optimizer_steps"],
+        "optimizer_steps": records[0]["optimizer_steps"],
+        "samples_trained": samples,
+        "rank_counts": [{k: r[k] for k in ("rank", "samples_trained", "optimizer_steps", "epochs_completed")}
+                        for r in sorted(records, key=lambda r: r["rank"])],
         "global_batch_size": args.global_batch_size,
         "per_rank_batch_size": batch,
         "train_samples": n_train,
         "max_train_samples": args.max_train_samples,
         "seed": args.seed,
-        "world_size": world,
+        **ranks,  # world_size, backend (measured in the ranks), ranks_reporting, rank_devices, ...
         "launcher": info.launcher,
-        "backend": backend,
+        "launcher_world_size": world,
+        "backend_requested": backend,
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if cuda else cpu_model_name(),
+        "device_name": distributed.device_name(device),
         "cpu_threads_per_rank": torch.get_num_threads(),
         "samples_per_second": round(samples / train_seconds, 1),
         "loss_curve": loss_curve,

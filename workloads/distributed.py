@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import asdict, dataclass
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+
+from workloads.runtime import cpu_model_name
 
 DEFAULT_MASTER_ADDR = "127.0.0.1"
 # SLURM-derived ports land in [PORT_BASE, PORT_BASE + PORT_SPAN): above the registered-services range and
@@ -187,3 +190,55 @@ def max_divergence(vector: torch.Tensor, info: DistInfo) -> float:
 def shutdown(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------ what each rank reports
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name()
+
+
+def rank_record(device: torch.device, **counts) -> dict:
+    """What this process itself sees: its rank, world size and backend as its process group reports them (not
+    the launcher's environment), the device it computed on, and the counts its own loop kept."""
+    joined = dist.is_available() and dist.is_initialized()
+    return {"rank": dist.get_rank() if joined else 0,
+            "world_size": dist.get_world_size() if joined else 1,
+            "backend": str(dist.get_backend()) if joined else None,
+            "device": str(device), "device_type": device.type, "device_name": device_name(device),
+            "hostname": socket.gethostname(), "pid": os.getpid(), **counts}
+
+
+def gather_records(record: dict) -> list[dict]:
+    """Every rank's record, on every rank (a collective: all ranks must call it). [record] without a group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [record]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, record)
+    return gathered
+
+
+def summarize_ranks(records: Sequence[dict], expected_world: Optional[int] = None) -> dict:
+    """The job-level figures from the ranks' own records (rank 0's view first):
+
+    world_size / backend: what rank 0's process group reports (None records: no rank reported);
+    ranks_reporting: distinct ranks that handed in a record; rank_devices: each rank's device, in rank order, so
+    a rank that fell back to CPU shows; ranks_on_gpu: how many of them computed on CUDA; ranks_consistent: every
+    record names the same world size and backend, the ranks are 0..N-1 once each, and N is that world size (and
+    `expected_world`, when given: what was asked for)."""
+    by_rank = sorted(records, key=lambda r: r.get("rank", -1))
+    first = next((r for r in by_rank if r.get("rank") == 0), by_rank[0] if by_rank else None)
+    ranks = [r.get("rank") for r in by_rank]
+    world = first["world_size"] if first else None
+    consistent = bool(by_rank) and ranks == list(range(len(by_rank))) and all(
+        r.get("world_size") == world and r.get("backend") == first.get("backend") for r in by_rank) \
+        and world == len(by_rank) and (expected_world is None or expected_world == world)
+    return {
+        "world_size": world,
+        "backend": first.get("backend") if first else None,
+        "ranks_reporting": len(set(ranks)),
+        "ranks_consistent": consistent,
+        "rank_devices": [{k: r.get(k) for k in ("rank", "device", "device_type", "device_name", "hostname",
+                                                 "world_size", "backend")} for r in by_rank],
+        "ranks_on_gpu": sum(1 for r in by_rank if r.get("device_type") == "cuda"),
+    }

@@ -19,8 +19,15 @@ Rank 0 writes OUT/metrics.json (atomically) and the fine-tuned model to OUT/mode
 
 --trainer oumi runs `oumi train` (TRL_SFT, workloads/oumi/smollm2_sft.yaml filled in with this run's settings) in
 the python given by --oumi-python / $OUMI_PYTHON (oumi 0.9 pins torch<2.13 and transformers<5.17, so it lives in
-its own venv), as one process or, with --oumi-nproc N, under torchrun; this process measures the held-out loss
-before and after and writes the same metrics.json (trainer "oumi", loss curve from trainer_state.json).
+its own venv), as one process or, with --oumi-nproc N, under torchrun, through workloads.oumi_cpu_ranks: each
+training process writes OUT/oumi_ranks/rank<N>.json with its own counts, world size, backend and device, and the
+figures here are summed from those (rank 0's trainer alone sees only its share). This process measures the
+held-out loss before and after and writes the same metrics.json (trainer "oumi", loss curve from
+trainer_state.json).
+
+Both trainers count the work in the trainer itself, never from the arguments: tokens_trained (non-padding tokens
+fed to the model, summed over all ranks), samples_trained (sequences, summed), optimizer_steps; world_size and
+backend are what the ranks' process group reports, rank_devices the device each rank computed on.
 """
 from __future__ import annotations
 
@@ -49,7 +56,7 @@ import torch  # noqa: E402
 from workloads import distributed  # noqa: E402
 from workloads.gpu_monitor import GpuUtilizationSampler  # noqa: E402
 from workloads.metrics_io import sha256_file, write_json_atomic  # noqa: E402
-from workloads.runtime import cpu_model_name, host_facts, positive_int  # noqa: E402
+from workloads.runtime import host_facts, positive_int  # noqa: E402
 
 TRAIN_FILES = ("gsm8k_train.jsonl", "self_instruct_seed_tasks.jsonl")
 HELDOUT_FILE = "gsm8k_test.jsonl"
@@ -346,7 +353,7 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
             gpu_note, sampler = sampler.note, None
     # Rank-local counters kept on the device (no per-step host sync); summed over ranks at the end.
     step_losses = torch.zeros(args.max_steps, dtype=torch.float64, device=device)
-    tokens_local = 0
+    tokens_local = samples_local = optimizer_steps = 0
     warm_steps = min(2, args.max_steps - 1)  # steps excluded from the steady-state rate (allocator, autotuning)
     t_warm, tokens_warm = None, 0
     model.train()
@@ -370,10 +377,12 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
             (loss_sum * (info.world_size / denom)).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            optimizer_steps += 1
             sched.step()
             opt.zero_grad(set_to_none=True)
             step_losses[step] = loss_sum.detach().double() / denom
             tokens_local += sum(len(e.input_ids) for e in mine)  # non-padding tokens, known on the host
+            samples_local += len(mine)
             if info.is_main and (step + 1) % max(1, args.max_steps // 10) == 0:
                 print(f"step {step + 1}/{args.max_steps} loss(rank0 share) {float(step_losses[step]):.4f} "
                       f"lr {sched.get_last_lr()[0]:.2e} elapsed {time.perf_counter() - t_train:.1f}s", flush=True)
@@ -405,6 +414,10 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
     # Are the replicas still identical? (a cheap fingerprint: the sum of every parameter)
     fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()])
     divergence = distributed.max_divergence(fingerprint, info)
+    # Each rank's own view (process group world size and backend, device, what its loop trained), gathered.
+    records = distributed.gather_records(distributed.rank_record(
+        device, tokens_trained=tokens_local, samples_trained=samples_local, optimizer_steps=optimizer_steps))
+    ranks = distributed.summarize_ranks(records)
 
     if not info.is_main:
         distributed.barrier(info, device)
@@ -432,14 +445,21 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
         "trainer": "torch",
         "train_seconds": round(train_seconds, 3),
         "total_seconds": None,  # filled in last
-        "steps": args.max_steps,
+        "steps": optimizer_steps,  # counted by the loop (rank 0), not --max-steps
+        "max_steps": args.max_steps,
+        "optimizer_steps": optimizer_steps,
         "global_batch_size": args.global_batch_size,
         "per_rank_batch_size": per_rank,
         "seq_len": args.seq_len,
         "lr": args.lr,
         "warmup_steps": warmup,
         "seed": args.seed,
-        "tokens_trained": int(tokens_total),
+        "tokens_trained": sum(r["tokens_trained"] for r in records),  # non-padding tokens, over all ranks
+        "samples_trained": sum(r["samples_trained"] for r in records),
+        "rank_counts": [{k: r[k] for k in ("rank", "tokens_trained", "samples_trained", "optimizer_steps")}
+                        for r in sorted(records, key=lambda r: r["rank"])],
+        "tokens_note": "non-padding tokens (input_ids after truncation to seq_len) each rank fed to the model, "
+                       "counted in its loop and summed over the ranks",
         "tokens_per_second": round(tokens_per_second, 2),
         "tokens_per_second_after_warmup": round(steady_tps, 2) if steady_tps else None,
         "warmup_steps_excluded_from_rate": warm_steps,
@@ -449,11 +469,12 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
         "peak_memory_bytes": max(peak_per_rank),
         "peak_memory_bytes_per_rank": peak_per_rank,
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
-        "world_size": info.world_size,
+        **ranks,  # world_size, backend (measured in the ranks), ranks_reporting, rank_devices, ...
         "launcher": info.launcher,
-        "backend": backend,
+        "launcher_world_size": info.world_size,
+        "backend_requested": backend,
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name(),
+        "device_name": distributed.device_name(device),
         "precision": "bf16 autocast, fp32 weights and AdamW" if autocast_dtype else "fp32",
         "num_threads_per_rank": torch.get_num_threads(),
         "gpu_utilization": gpu_util,
@@ -524,6 +545,19 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def read_rank_records(ranks_dir: Path) -> list[dict]:
+    """The records the training processes wrote (workloads.oumi_cpu_ranks), in rank order; unreadable ones skipped."""
+    records = []
+    for path in sorted(ranks_dir.glob("rank*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("rank"), int):
+            records.append(record)
+    return sorted(records, key=lambda r: r["rank"])
+
+
 def run_oumi(args, model_dir: Path, data_dir: Path, out_dir: Path, started_at: str) -> int:
     """--trainer oumi: `oumi train` (TRL_SFT) in the oumi python as a child process; this process measures the
     held-out loss before and after with the same code and subset as --trainer torch, and writes metrics.json."""
@@ -585,10 +619,18 @@ def run_oumi(args, model_dir: Path, data_dir: Path, out_dir: Path, started_at: s
     base = [args.oumi_python]
     if args.oumi_nproc > 1:
         base += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.oumi_nproc}"]
-    # Oumi's ranks insist on NCCL; without CUDA, workloads.oumi_cpu_ranks runs the same CLI over gloo.
-    entry = "oumi" if args.oumi_nproc == 1 or device.type == "cuda" else "workloads.oumi_cpu_ranks"
-    cmd = base + ["-m", entry, "train", "-c", str(cfg_path)]
-    env = dict(os.environ, DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # workloads.oumi_cpu_ranks is Oumi's CLI with a record from each training process (its own counts, world
+    # size, backend and device: rank 0's trainer alone sees only its share), and over gloo where there is no CUDA
+    # (Oumi's ranks insist on NCCL).
+    cmd = base + ["-m", "workloads.oumi_cpu_ranks", "train", "-c", str(cfg_path)]
+    ranks_dir = out_dir / "oumi_ranks"
+    if ranks_dir.exists():
+        import shutil
+        shutil.rmtree(ranks_dir)  # a record left by an earlier run must not count for this one
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               MLOPS_RANK_RECORD_DIR=str(ranks_dir),
+               PYTHONPATH=os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p))
     if device.type == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     else:
@@ -626,11 +668,19 @@ def run_oumi(args, model_dir: Path, data_dir: Path, out_dir: Path, started_at: s
     steps = [h for h in history if "loss" in h]
     summary = next((h for h in reversed(history) if "train_runtime" in h), {})
     train_seconds = float(summary.get("train_runtime") or oumi_seconds)
-    tokens = float(steps[-1].get("num_tokens", 0)) if steps else 0.0
+    trl_tokens = steps[-1].get("num_tokens") if steps else None
+    records = read_rank_records(ranks_dir)
+    ranks = distributed.summarize_ranks(records, expected_world=args.oumi_nproc)
+    rank0 = next((r for r in records if r.get("rank") == 0), None)
+    # Counted inside each training process and summed here: none reported means no figure, not a guess.
+    tokens = sum(r["tokens_trained"] for r in records) if records else None
+    fingerprints = [r.get("param_fingerprint") or [] for r in records]
+    divergence = (max(max((abs(a - b) for a, b in zip(f, fingerprints[0])), default=0.0) for f in fingerprints)
+                  if records and all(len(f) == len(fingerprints[0]) for f in fingerprints) else None)
     loss_after, _ = evaluate(model_out)
     print(f"held-out loss after: {loss_after:.4f} (before {loss_before:.4f}); oumi train {train_seconds:.1f}s",
           flush=True)
-    tps = tokens / train_seconds if train_seconds > 0 else None
+    tps = tokens / train_seconds if tokens and train_seconds > 0 else None
     mfu = 6 * n_params * tps / (args.oumi_nproc * H200_BF16_DENSE_PEAK) if device.type == "cuda" and tps else None
     weights = model_out / "model.safetensors"
     if device.type == "cuda":
@@ -649,23 +699,40 @@ def run_oumi(args, model_dir: Path, data_dir: Path, out_dir: Path, started_at: s
         "oumi_process_seconds": round(oumi_seconds, 3),
         "total_seconds": None,
         "steps": len(steps),
+        "max_steps": args.max_steps,
+        "optimizer_steps": rank0["optimizer_steps"] if rank0 else None,  # the trainer's state.global_step
         "global_batch_size": args.global_batch_size,
         "per_rank_batch_size": args.global_batch_size // args.oumi_nproc,
         "seq_len": args.seq_len,
         "lr": args.lr,
         "seed": args.seed,
-        "tokens_trained": int(tokens),
+        "tokens_trained": tokens,
+        "samples_trained": sum(r["samples_trained"] for r in records) if records else None,
+        "rank_counts": [{k: r.get(k) for k in ("rank", "tokens_trained", "samples_trained", "micro_batches",
+                                                "optimizer_steps", "trainer_num_input_tokens_seen",
+                                                "accelerate_distributed_type", "model_wrapped")} for r in records],
+        "tokens_trained_trainer_state": rank0.get("trainer_num_input_tokens_seen") if rank0 else None,
+        "trl_num_tokens": int(trl_tokens) if trl_tokens is not None else None,
         "tokens_per_second": round(tps, 2) if tps else None,
-        "tokens_note": "TRL's num_tokens (attention-mask tokens of all ranks) over oumi's train_runtime",
+        "tokens_note": "non-padding (attention-mask) tokens of the micro-batches each training process stepped on, "
+                       "counted inside it and summed over the ranks that reported (oumi_ranks/rank<N>.json), "
+                       "over oumi's train_runtime; tokens_trained_trainer_state is the HF trainer's all-reduced "
+                       "num_input_tokens_seen, trl_num_tokens TRL's logged num_tokens",
+        "replica_max_divergence": divergence,
+        # The trainer's own view of data parallelism in each rank: a rank whose model is not DDP-wrapped trains
+        # alone (its gradients are never averaged with the others').
+        "ranks_wrapped_ddp": sum(1 for r in records if "DistributedDataParallel" in str(r.get("model_wrapped"))),
         "loss_curve": [round(float(h["loss"]), 6) for h in steps],
         **heldout_facts(loss_before, loss_after, len(heldout)),
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
-        "world_size": args.oumi_nproc,
+        **ranks,  # world_size, backend: what the training processes' process group reported; rank_devices, ...
+        "oumi_rank_records": str(ranks_dir.resolve()),
         "launcher": "oumi" if args.oumi_nproc == 1 else "oumi via torchrun",
-        "backend": None if args.oumi_nproc == 1 else ("nccl" if device.type == "cuda" else "gloo"),
+        "launcher_world_size": args.oumi_nproc,
+        "backend_requested": None if args.oumi_nproc == 1 else ("nccl" if device.type == "cuda" else "gloo"),
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name(),
+        "device_name": distributed.device_name(device),
         "gpu_utilization": gpu_util,
         "gpu_utilization_note": gpu_note,
         "mfu": round(mfu, 5) if mfu is not None else None,

@@ -23,16 +23,18 @@ import sys  # noqa: E402
 import warnings  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from workloads import distributed  # noqa: E402
 from workloads.evaluate_mnist import evaluate, pick_device  # noqa: E402
 from workloads.gpu_monitor import GpuUtilizationSampler  # noqa: E402
 from workloads.metrics_io import sha256_file, write_json_atomic  # noqa: E402
-from workloads.runtime import cpu_model_name, host_facts, positive_int  # noqa: E402
+from workloads.runtime import host_facts, positive_int  # noqa: E402
 
 # TorchScript is the agreed exchange format; torch >= 2.10 flags torch.jit as deprecated, which is noise here.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
@@ -137,8 +139,12 @@ def make_optimizer(model: nn.Module, lr: float, total_steps: int):
 
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, sched, images: torch.Tensor, labels: torch.Tensor, *,
-          epochs: int, batch_size: int, seed: int, log=print) -> list[float]:
-    """The optimisation loop; returns the mean train loss of each epoch."""
+          epochs: int, batch_size: int, seed: int, log=print, counts: Optional[dict] = None) -> list[float]:
+    """The optimisation loop; returns the mean train loss of each epoch. `counts`, when given, receives the
+    loop's own record of what it trained: samples_trained, optimizer_steps, epochs_completed."""
+    if counts is None:
+        counts = {}
+    counts.update(samples_trained=0, optimizer_steps=0, epochs_completed=0)
     n = len(images)
     steps_per_epoch = math.ceil(n / batch_size)
     # Shuffle with a CPU generator so the sample order is the same on every device.
@@ -158,6 +164,8 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, sched, images: torch.Ten
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            counts["optimizer_steps"] += 1
+            counts["samples_trained"] += len(idx)
             sched.step()
             # Accumulate on the device: a .item() per step would stall a GPU on every batch.
             epoch_loss += loss.detach() * len(idx)
@@ -170,6 +178,7 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, sched, images: torch.Ten
                 window_loss.zero_()
                 window_n = 0
         loss_curve.append(round(epoch_loss.item() / n, 6))
+        counts["epochs_completed"] += 1
     return loss_curve
 
 
@@ -228,9 +237,10 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t_train = time.perf_counter()
+    counts: dict = {}
     try:
         loss_curve = train(model, opt, sched, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                           seed=args.seed, log=lambda s: print(s, flush=True))
+                           seed=args.seed, log=lambda s: print(s, flush=True), counts=counts)
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t_train
@@ -251,7 +261,8 @@ def main(argv=None) -> int:
     print(f"test accuracy {test_accuracy:.4f} (reloaded TorchScript: {reevaluated_accuracy:.4f}), "
           f"train {train_seconds:.1f}s", flush=True)
 
-    seen_samples = args.epochs * n_train
+    seen_samples = counts["samples_trained"]  # counted by the loop
+    ranks = distributed.summarize_ranks([distributed.rank_record(device, **counts)])
     metrics = {
         "task": TASK,
         "test_accuracy": test_accuracy,
@@ -266,9 +277,11 @@ def main(argv=None) -> int:
         "seed": args.seed,
         "train_samples": n_train,
         "samples_per_second": round(seen_samples / train_seconds, 1),
+        **counts,  # samples_trained, optimizer_steps, epochs_completed: the loop's own record
         "loss_curve": loss_curve,
+        **ranks,  # one process: world_size 1, backend None, ranks_reporting 1, rank_devices
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name(),
+        "device_name": distributed.device_name(device),
         "torch_version": torch.__version__,
         "torch_cuda_version": torch.version.cuda,
         "gpu_driver_version": sampler.driver_version if sampler else None,

@@ -221,27 +221,23 @@ REQUIRED = {"task", "test_accuracy", "train_seconds", "total_seconds", "epochs",
 ARGS = ["--epochs", "3", "--global-batch-size", "64", "--seed", "3", "--device", "cpu"]
 
 
-def test_end_to_end_world_one(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
-        monkeypatch.delenv(key, raising=False)
-    out = tmp_path / "out"
-    assert cifar10.main(["--data-dir", str(data_dir), "--out-dir", str(out), *ARGS]) == 0
-    m = read_metrics(out)
-    assert REQUIRED <= m.keys()
-    assert m["task"] == "mlops_2_1" and m["world_size"] == 1 and m["backend"] is None and m["device"] == "cpu"
-    assert m["test_samples"] == 200 and m["train_samples"] == 640 and m["steps"] == 3 * (640 // 64)
-    assert len(m["loss_curve"]) == 3 and m["loss_curve"][-1] < m["loss_curve"][0]
-    assert m["test_accuracy"] > 0.5  # flat colours are easy: chance is 0.1
-    assert m["params_in_sync"] is True and m["max_param_divergence"] == 0.0
-    assert m["gpu_utilization"] is None and "CPU" in m["gpu_utilization_note"]
-    assert m["data_sha256"]["cifar10_test.npz"] == cifar10.sha256_file(data_dir / "cifar10_test.npz")
-    assert m["total_seconds"] >= m["train_seconds"] > 0
+@pytest.fixture(scope="module")
+def world_one(data_dir, tmp_path_factory) -> dict:
+    """One process, as `python -m workloads.cifar10` runs it (no launcher variables)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
+            mp.delenv(key, raising=False)
+        out = tmp_path_factory.mktemp("world1")
+        assert cifar10.main(["--data-dir", str(data_dir), "--out-dir", str(out), *ARGS]) == 0
+    return read_metrics(out)
 
 
-def test_two_ranks_over_gloo_launched_like_srun(data_dir, tmp_path):
-    """Two processes with SLURM-style env only (as `srun --ntasks=2` starts them): they must find each other,
-    train with DDP over gloo, and end with identical parameters; only rank 0 writes metrics.json."""
+@pytest.fixture(scope="module")
+def world_two(data_dir, tmp_path_factory) -> tuple[dict, list[str], Path]:
+    """Two processes with SLURM-style env only (as `srun --ntasks=2` starts them), the same global batch and
+    epochs as world_one."""
+    tmp_path = tmp_path_factory.mktemp("world2")
     port = free_port()
     procs = []
     for rank in range(2):
@@ -256,7 +252,30 @@ def test_two_ranks_over_gloo_launched_like_srun(data_dir, tmp_path):
             text=True))
     outputs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    m = read_metrics(tmp_path / "out0")
+    return read_metrics(tmp_path / "out0"), outputs, tmp_path
+
+
+def test_end_to_end_world_one(world_one, data_dir):
+    m = world_one
+    assert REQUIRED <= m.keys()
+    assert m["task"] == "mlops_2_1" and m["world_size"] == 1 and m["backend"] is None and m["device"] == "cpu"
+    assert m["test_samples"] == 200 and m["train_samples"] == 640 and m["steps"] == 3 * (640 // 64)
+    assert len(m["loss_curve"]) == 3 and m["loss_curve"][-1] < m["loss_curve"][0]
+    assert m["test_accuracy"] > 0.5  # flat colours are easy: chance is 0.1
+    assert m["params_in_sync"] is True and m["max_param_divergence"] == 0.0
+    assert m["gpu_utilization"] is None and "CPU" in m["gpu_utilization_note"]
+    assert m["data_sha256"]["cifar10_test.npz"] == cifar10.sha256_file(data_dir / "cifar10_test.npz")
+    assert m["total_seconds"] >= m["train_seconds"] > 0
+    # The loop's own counts: 3 epochs of 10 global batches of 64.
+    assert (m["epochs_completed"], m["optimizer_steps"], m["samples_trained"]) == (3, 30, 30 * 64)
+    assert m["ranks_reporting"] == 1 and m["ranks_consistent"] is True and m["ranks_on_gpu"] == 0
+    assert [d["device"] for d in m["rank_devices"]] == ["cpu"] and m["rank_devices"][0]["backend"] is None
+
+
+def test_two_ranks_over_gloo_launched_like_srun(world_two):
+    """They must find each other, train with DDP over gloo, and end with identical parameters; only rank 0
+    writes metrics.json."""
+    m, outputs, tmp_path = world_two
     assert not (tmp_path / "out1" / "metrics.json").exists()
     assert m["world_size"] == 2 and m["backend"] == "gloo" and m["launcher"] == "slurm"
     assert m["per_rank_batch_size"] == 32 and m["global_batch_size"] == 64 and m["cpu_threads_per_rank"] == 1
@@ -264,6 +283,31 @@ def test_two_ranks_over_gloo_launched_like_srun(data_dir, tmp_path):
     assert m["test_samples"] == 200  # both ranks' test shards counted
     assert m["test_accuracy"] > 0.5
     assert "epoch 3/3" in outputs[0] and "epoch" not in outputs[1]  # progress on rank 0 only
+
+
+def test_two_ranks_count_the_same_work_as_one(world_one, world_two):
+    """Same global batch, epochs and seed: the samples the two ranks' loops counted add up to the one-rank run's,
+    and world size and backend are what each rank's process group reported."""
+    one, (two, _, _) = world_one, world_two
+    for key in ("samples_trained", "optimizer_steps", "epochs_completed", "steps"):
+        assert two[key] == one[key], key
+    assert [c["samples_trained"] for c in two["rank_counts"]] == [one["samples_trained"] // 2] * 2
+    assert [c["optimizer_steps"] for c in two["rank_counts"]] == [one["optimizer_steps"]] * 2
+    assert two["ranks_reporting"] == 2 and two["ranks_consistent"] is True and two["ranks_on_gpu"] == 0
+    assert [(d["rank"], d["device"], d["world_size"], d["backend"]) for d in two["rank_devices"]] == \
+        [(0, "cpu", 2, "gloo"), (1, "cpu", 2, "gloo")]
+    assert two["launcher_world_size"] == 2 and two["backend_requested"] == "gloo"
+
+
+def test_summarize_ranks_shows_a_rank_on_cpu_and_a_missing_rank():
+    gpu = {"device": "cuda:0", "device_type": "cuda", "device_name": "H200", "world_size": 2, "backend": "nccl"}
+    records = [{**gpu, "rank": 0}, {**gpu, "rank": 1, "device": "cpu", "device_type": "cpu"}]
+    s = distributed.summarize_ranks(records, expected_world=2)
+    assert s["ranks_on_gpu"] == 1 and [d["device"] for d in s["rank_devices"]] == ["cuda:0", "cpu"]
+    assert s["world_size"] == 2 and s["backend"] == "nccl" and s["ranks_consistent"] is True
+    lone = distributed.summarize_ranks(records[:1], expected_world=2)
+    assert lone["ranks_reporting"] == 1 and lone["ranks_consistent"] is False
+    assert distributed.summarize_ranks([])["world_size"] is None
 
 
 def _divergence_worker(rank: int, port: int, result_file: str) -> None:

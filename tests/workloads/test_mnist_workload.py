@@ -163,6 +163,10 @@ def test_end_to_end_tiny_run(tmp_path):
     assert len(metrics["loss_curve"]) == 2 and metrics["loss_curve"][1] < metrics["loss_curve"][0]
     assert 0 < metrics["train_seconds"] <= metrics["total_seconds"]
     assert metrics["samples_per_second"] == pytest.approx(600 / metrics["train_seconds"], rel=0.01)
+    # Counted by the loop: 2 epochs of ceil(300 / 32) = 10 batches, the last one 12 images.
+    assert (metrics["samples_trained"], metrics["optimizer_steps"], metrics["epochs_completed"]) == (600, 20, 2)
+    assert metrics["world_size"] == 1 and metrics["backend"] is None and metrics["ranks_reporting"] == 1
+    assert [d["device"] for d in metrics["rank_devices"]] == ["cpu"] and metrics["ranks_on_gpu"] == 0
     assert metrics["gpu_utilization"] is None and "cpu" in metrics["gpu_utilization_note"]
     # The toy classes are trivially separable: a working pipeline learns them, a broken one sits near 0.1.
     assert metrics["test_accuracy"] >= 0.9

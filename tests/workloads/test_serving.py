@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workloads.serving import load_test
+from workloads.serving import load_generator
 
 REPO = Path(__file__).resolve().parents[2]
 MINIO = REPO / ".tools" / "bin" / "minio"
@@ -198,7 +198,7 @@ def test_wrong_key_and_missing_object_fail_with_one_line(minio, tmp_path):
 
 
 def test_load_test_measures_and_counts_a_crash_as_errors(mnist_server, mnist_file, minio, tmp_path):
-    result = load_test.main(["--url", mnist_server["url"], "--model-name", "mnist", "--example", "mnist-v1",
+    result = load_generator.main(["--url", mnist_server["url"], "--model-name", "mnist", "--example", "mnist-v1",
                              "--stage", "users=2", "--stage", "users=1,rate=10", "--seconds", "3",
                              "--out", str(tmp_path / "ok.json")])
     assert result == 0
@@ -206,6 +206,8 @@ def test_load_test_measures_and_counts_a_crash_as_errors(mnist_server, mnist_fil
     assert ok["requests"] > 0 and ok["failures"] == 0 and ok["error_rate"] == 0 and ok["uptime_fraction"] == 1.0
     assert ok["p50_ms"] <= ok["p95_ms"] <= ok["p99_ms"] and ok["throughput_rps"] > 0 and ok["sla_stage"] == "users=1,rate=10"
     assert ok["bad_request_4xx_fraction"] == 1.0 and ok["bad_request_5xx"] == 0
+    assert ok["malformed_requests_4xx_fraction"] == 1.0 and ok["malformed_requests_5xx"] == 0
+    assert ok["successful_requests"] == ok["requests"] and ok["uptime_slices_fraction"] > 0
 
     # A second predictor, killed while locust drives it: the failures must show in the figures.
     port = free_port()
@@ -215,7 +217,7 @@ def test_load_test_measures_and_counts_a_crash_as_errors(mnist_server, mnist_fil
     killer = threading.Timer(2.0, lambda: os.killpg(victim.pid, signal.SIGKILL))
     killer.start()
     try:
-        load_test.main(["--url", f"http://127.0.0.1:{port}", "--path", "/v1/models/mnist:predict",
+        load_generator.main(["--url", f"http://127.0.0.1:{port}", "--path", "/v1/models/mnist:predict",
                         "--body", str(_body(tmp_path)), "--stage", "users=2", "--seconds", "5",
                         "--out", str(tmp_path / "crash.json")])
     finally:
@@ -224,6 +226,7 @@ def test_load_test_measures_and_counts_a_crash_as_errors(mnist_server, mnist_fil
     crash = json.loads((tmp_path / "crash.json").read_text())
     assert crash["requests"] > 0 and crash["failures"] > 0 and crash["error_rate"] > 0
     assert crash["uptime_fraction"] < 1.0 and crash["stages"][0]["failure_kinds"]
+    assert crash["failed_requests"] == crash["failures"] and crash["uptime_slices_fraction"] < 1.0
 
 
 def _body(tmp_path: Path) -> Path:
