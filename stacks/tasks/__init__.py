@@ -55,8 +55,9 @@ def devices(**runs: dict) -> dict:
     jobs = {}
     for label, m in runs.items():
         jobs[label] = {"device": m.get("device"), "device_name": m.get("device_name")}
-        for rank, device in enumerate(m.get("rank_devices") or []):
-            jobs[f"{label} rank {rank}"] = device if isinstance(device, dict) else {"device": device}
+        for rank in m.get("rank_devices") or []:  # each rank's own record: device cuda:1, device_type cuda
+            jobs[f"{label} rank {rank.get('rank')}"] = {"device": rank.get("device_type") or rank.get("device"),
+                                                         "device_name": rank.get("device_name")}
     last = list(runs.values())[-1]
     return {"device": last.get("device"), "device_name": last.get("device_name"), "jobs": jobs}
 

@@ -80,6 +80,8 @@ def compare(one: dict, two: dict) -> dict:
         "same_work": same_work(one, two, ("samples_trained", "epochs_completed")),
         "samples_trained_1gpu": one.get("samples_trained"), "samples_trained_2gpu": two.get("samples_trained"),
         "world_size": two.get("world_size"), "world_size_1gpu": one.get("world_size"),
+        "ranks_reporting": two.get("ranks_reporting"), "ranks_consistent": two.get("ranks_consistent"),
+        "ranks_on_gpu": two.get("ranks_on_gpu"),
         "backend": two.get("backend"), "params_in_sync": two.get("params_in_sync"),
         "max_param_divergence": two.get("max_param_divergence"),
         "gpu_utilization_mean_percent": (two.get("gpu_utilization") or {}).get("mean_percent"),

@@ -20,7 +20,7 @@ NO_GPU = {"gpu": None, "gpus_per_node": 2, "kubernetes": False}
 
 def test_the_registry_is_the_task_list_of_the_shipped_stacks():
     names = [t.name for t in TASKS]
-    assert names[:2] == ["slurm", "storage"] and names[2:] == sorted(names[2:])  # the matrix's order
+    assert names[:3] == ["gpu_health", "slurm", "storage"] and names[3:] == sorted(names[3:])  # platform first
     for stack in ("dev", "itest"):
         config = yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
         assert config["mlops-validation:tasks"] == names
