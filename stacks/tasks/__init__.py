@@ -94,8 +94,9 @@ def discover(path: list[str], package: str) -> tuple[type[Task], ...]:
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise ValueError(f"two task modules declare the task name(s) {sorted(duplicates)}")
+    known = {cls.name for cls in _all_subclasses(Task) if "name" in cls.__dict__}
     for task in found:
-        unknown = [u for u in task.uses if u not in names]
+        unknown = [u for u in task.uses if u not in known]
         if unknown:
             raise ValueError(f"task {task.name} uses unknown task(s) {unknown}")
     # The matrix's order: platform checks first, then MLOPS-1.1 … 5.2.
