@@ -2,7 +2,8 @@
 # Installs everything `make up` and `make test` need, idempotently; each step is skipped when its stamp
 # says it is already done. Debian packages, two Python environments, and the Pulumi tools (CLI, Python
 # language host, dynamic-provider shim), which are Go programs: taken from PATH when they are there at the
-# pinned version, else built from the Go module proxy into .tools/bin.
+# pinned version, else built from the Go module proxy into .tools/bin; the pulumi-command provider plugin,
+# built from its vendored release source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS=0
@@ -93,6 +94,39 @@ if ! stamp_ok "$BIN/.stamp" "$want_tools"; then
   install -m 0755 "$sdk_dir/python/cmd/pulumi-language-python-exec" "$BIN/pulumi-language-python-exec"
   install -m 0755 "$sdk_dir/python/dist/pulumi-resource-pulumi-python" "$BIN/pulumi-resource-pulumi-python"
   echo "$want_tools" > "$BIN/.stamp"
+fi
+# -- pulumi-command provider (the SLURM jobs' command:remote / command:local resources) ---------------------------
+# No registry here ships its binary and the Go module proxy refuses its module path, so it is built from the release
+# source in ../shared/vendor (a `git archive` of tag v1.2.1, checked against SHA256SUMS there; the provider's own Go
+# dependencies come from the proxy, pinned by its go.sum) with the flags of its .goreleaser.yml, and installed as a
+# plugin from that local file, never downloaded. First time ~1 min on 2 cores.
+PULUMI_COMMAND_VERSION=v1.2.1       # must equal pulumi-command== in requirements.txt
+VENDOR_DIR=${MLOPS_VENDOR_DIR:-$ROOT/../shared/vendor}
+export PULUMI_HOME=${PULUMI_HOME:-$TOOLS/pulumi-home} PULUMI_SKIP_UPDATE_CHECK=true
+grep -q "^pulumi-command==${PULUMI_COMMAND_VERSION#v}$" requirements.txt || {
+  echo "bootstrap: requirements.txt must pin pulumi-command==${PULUMI_COMMAND_VERSION#v}" >&2; exit 1; }
+cmd_tar=pulumi-command-${PULUMI_COMMAND_VERSION#v}.tar.gz
+cmd_ldflags="-s -w -X github.com/pulumi/pulumi-command/provider/pkg/version.Version=$PULUMI_COMMAND_VERSION"
+cmd_sum=$(awk -v f="$cmd_tar" '$2 == f || $2 == "*" f {print $1}' "$VENDOR_DIR/SHA256SUMS" 2>/dev/null || true)
+cmd_want="$PULUMI_COMMAND_VERSION $cmd_sum CGO_ENABLED=0 -trimpath -mod=readonly $cmd_ldflags"
+cmd_plugin=$PULUMI_HOME/plugins/resource-command-$PULUMI_COMMAND_VERSION/pulumi-resource-command
+if ! { stamp_ok "$TOOLS/.command-stamp" "$cmd_want" && [ -x "$cmd_plugin" ]; }; then
+  [ -f "$VENDOR_DIR/$cmd_tar" ] || { echo "bootstrap: $VENDOR_DIR/$cmd_tar is missing (pulumi-command $PULUMI_COMMAND_VERSION release source)" >&2; exit 1; }
+  [ -n "$cmd_sum" ] || { echo "bootstrap: $VENDOR_DIR/SHA256SUMS has no sha256 for $cmd_tar" >&2; exit 1; }
+  got=$(sha256sum "$VENDOR_DIR/$cmd_tar" | cut -d' ' -f1)
+  [ "$got" = "$cmd_sum" ] || { echo "bootstrap: $VENDOR_DIR/$cmd_tar has sha256 $got, SHA256SUMS says $cmd_sum" >&2; exit 1; }
+  step "Building pulumi-resource-command $PULUMI_COMMAND_VERSION from $VENDOR_DIR/$cmd_tar"
+  mkdir -p "$TOOLS/cache"
+  cmd_tmp=$(mktemp -d "$TOOLS/cache/pulumi-command.XXXXXX")
+  trap 'rm -rf "$cmd_tmp"' EXIT
+  tar -xzf "$VENDOR_DIR/$cmd_tar" -C "$cmd_tmp" --strip-components=1
+  (cd "$cmd_tmp/provider" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags "$cmd_ldflags" \
+     -o "$cmd_tmp/pulumi-resource-command" ./cmd/pulumi-resource-command)
+  "$BIN/pulumi" plugin install resource command "$PULUMI_COMMAND_VERSION" --file "$cmd_tmp/pulumi-resource-command" \
+    --reinstall
+  [ -x "$cmd_plugin" ] || { echo "bootstrap: pulumi plugin install did not put the command provider at $cmd_plugin" >&2; exit 1; }
+  rm -rf "$cmd_tmp"; trap - EXIT
+  echo "$cmd_want" > "$TOOLS/.command-stamp"
 fi
 # -- MinIO server (the serving stack's S3 store) -------------------------------------------------------
 # `minio` from PATH when there, else built from the Go module proxy at the commit pinned in tools/go/minio/go.mod

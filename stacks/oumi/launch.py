@@ -7,7 +7,8 @@ and an OUMI_EXTRA_DEPS_FILE naming workloads/oumi_cloud.py, which registers the 
 slurm client and cluster, pointed at that ssh config; the site's partition, GRES and Apptainer image). Nothing
 is written to ~/.ssh. The ssh master connection (ControlMaster) that Oumi's client reuses is opened by the stack
 (that is the connect time), has a ControlPersist bound, and is closed at the end of every create and delete,
-success or failure.
+success or failure; `ssh_master_closed` is checked on the master *process* (its pid, from `ssh -O check` when it
+was opened, gone from /proc), not on its socket file, which closing removes either way.
 
 Job files (configs, data) travel in Oumi's working_dir (rsync); results are written to a folder on shared storage
 and copied back to reports/<stack>/oumi/<name>/ with their sha256 checked against the cluster's.
@@ -35,6 +36,8 @@ from pulumi.dynamic import CreateResult, Resource
 
 from stacks.provider import ReplacingProvider
 
+from stacks.slurm import jobs
+from stacks.slurm.jobs import TERMINAL, succeeded
 from stacks.slurm.remote import ClusterError, ClusterUnreachable, Connection
 from stacks.slurm.staging import sha256_file
 
@@ -44,8 +47,6 @@ EVAL_MODULE = REPO / "workloads" / "oumi_eval.py"
 TRAIN_CONFIG = REPO / "workloads" / "oumi" / "smollm2_sft.yaml"
 CLOUD = "mlops_slurm"
 RETRIEVE_MAX_BYTES = 20 * 1024 * 1024  # bigger outputs (model weights) stay on shared storage, listed with sha256
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-            "BOOT_FAIL", "DEADLINE"}
 
 
 # -- the laptop side: ssh config, site file, master connection ----------------------------------------------------
@@ -80,6 +81,10 @@ class OumiSite:
     @property
     def deps_file(self) -> Path:
         return self.folder / "oumi_extra_deps.txt"
+
+    @property
+    def master_pid_file(self) -> Path:  # the master process's pid, recorded when it was opened
+        return self.folder / "master.pid"
 
     def ssh(self, *args: str) -> list[str]:
         return ["ssh", "-F", str(self.ssh_config), "-S", str(self.control_path), *args]
@@ -128,6 +133,7 @@ def open_master(site: OumiSite, where: str, persist_s: int) -> float:
     """Open the ssh master connection Oumi's client will reuse; returns the seconds it took (the connect time).
     ControlPersist bounds its life even if this process dies before closing it."""
     close_master(site)  # a master left by an interrupted run would hide a wrong key
+    site.master_pid_file.unlink(missing_ok=True)
     started = time.monotonic()
     try:
         proc = subprocess.run(site.ssh("-f", "-N", "-M", "-o", f"ControlPersist={persist_s}", site.cluster),
@@ -138,23 +144,86 @@ def open_master(site: OumiSite, where: str, persist_s: int) -> float:
     if proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"ssh exited {proc.returncode}"
         raise ClusterUnreachable(f"oumi: cannot reach the cluster at {where} over ssh: {last}")
+    pid = master_check(site)
+    if pid is not None:
+        site.master_pid_file.write_text(f"{pid}\n")
     return seconds
 
 
+_MASTER_PID = re.compile(r"pid=(\d+)")
+
+
+def master_check(site: OumiSite) -> Optional[int]:
+    """`ssh -O check`: the master's pid while one answers on the control socket, else None."""
+    if not site.ssh_config.exists() or not site.control_path.exists():
+        return None
+    proc = subprocess.run(site.ssh("-O", "check", site.cluster), capture_output=True, text=True, timeout=30)
+    found = _MASTER_PID.search(proc.stderr + proc.stdout)
+    return int(found.group(1)) if proc.returncode == 0 and found else None
+
+
+def process_alive(pid: Optional[int]) -> bool:
+    """Whether the process runs (a zombie, or a pid no longer there, does not)."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def recorded_master_pid(site: OumiSite) -> Optional[int]:
+    try:
+        return int(site.master_pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def is_master_process(site: OumiSite, pid: Optional[int]) -> bool:
+    """`pid` runs and is this site's ssh master (its command line names the control socket): a pid the system has
+    since given to another process is not."""
+    if not process_alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(site.control_path).encode() in argv
+
+
 def master_alive(site: OumiSite) -> bool:
-    if not site.ssh_config.exists():
-        return site.control_path.exists()
-    return subprocess.run(site.ssh("-O", "check", site.cluster), capture_output=True, timeout=30).returncode == 0
+    """The master process recorded when it was opened still runs, or a master answers on the control socket."""
+    return is_master_process(site, recorded_master_pid(site)) or master_check(site) is not None
 
 
 def close_master(site: OumiSite) -> None:
+    """`ssh -O exit`, then wait for the master process itself to end (TERM, then KILL, if it does not)."""
+    pid = master_check(site) or recorded_master_pid(site)
     if site.ssh_config.exists() and site.control_path.exists():
         subprocess.run(site.ssh("-O", "exit", site.cluster), capture_output=True, timeout=30)
-    for _ in range(50):  # the master removes its socket as it exits
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None and is_master_process(site, pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        for _ in range(50):
+            if not is_master_process(site, pid):
+                break
+            time.sleep(0.1)
+        if not is_master_process(site, pid):
+            break
+    for _ in range(20):  # the master removes its socket as it exits
         if not site.control_path.exists():
-            return
+            break
         time.sleep(0.1)
     site.control_path.unlink(missing_ok=True)
+
+
+def master_closed(site: OumiSite, pid: Optional[int]) -> bool:
+    """Measured after the close: the master process is gone and nothing answers on the control socket."""
+    return pid is not None and not is_master_process(site, pid) and master_check(site) is None
 
 
 def remote(site: OumiSite, script: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -209,34 +278,13 @@ def launch_up(site: OumiSite, launcher_python: str, job_file: Path, log_file: Pa
             "seconds": round(time.monotonic() - started, 2), "output": out}
 
 
-def parse_scontrol(line: str) -> dict:
-    return dict(token.split("=", 1) for token in line.split() if "=" in token)
-
-
 def job_record(site: OumiSite, job_id: str) -> dict:
-    """SLURM's view of the job (epoch times): state, exit code, submit/start/end, where it ran from."""
-    out = remote(site, f"SLURM_TIME_FORMAT=%s scontrol show job -o {shlex.quote(job_id)}", check=False)
-    f = parse_scontrol(out.stdout) if out.returncode == 0 else {}
-    if not f:
-        acct = remote(site, f"SLURM_TIME_FORMAT=%s sacct -X -n -P -j {shlex.quote(job_id)} "
-                            "-o State,ExitCode,Submit,Start,End,WorkDir", check=False)
-        parts = (acct.stdout.strip().splitlines() or [""])[0].split("|")
-        if len(parts) < 6:
-            raise ClusterError(f"oumi: SLURM job {job_id} is unknown to scontrol and sacct: {out.stderr.strip()}")
-        f = dict(zip(("JobState", "ExitCode", "SubmitTime", "StartTime", "EndTime", "WorkDir"), parts))
-        f["JobState"] = f["JobState"].split()[0]
-
-    def epoch(key: str) -> Optional[float]:
-        try:
-            return float(f.get(key, ""))
-        except ValueError:
-            return None
-    submit, start, end = epoch("SubmitTime"), epoch("StartTime"), epoch("EndTime")
-    return {"state": f.get("JobState", "UNKNOWN"), "exit_code": f.get("ExitCode", ""),
-            "reason": f.get("Reason", ""), "work_dir": f.get("WorkDir", ""), "stdout": f.get("StdOut", ""),
-            "submit_time": submit, "start_time": start, "end_time": end,
-            "submit_to_start_seconds": start - submit if submit is not None and start is not None else None,
-            "run_seconds": end - start if start is not None and end is not None else None}
+    """SLURM's view of the job (epoch times): state, exit code, submit/start/end, where it ran from
+    (stacks/slurm/jobs.py, through the same ssh config and master connection Oumi uses)."""
+    try:
+        return jobs.job_record(lambda script: remote(site, script, check=False), job_id, site.cluster)
+    except ClusterError as exc:
+        raise ClusterError(f"oumi: {exc}") from None
 
 
 def wait_until_done(site: OumiSite, job_id: str, deadline: float, poll_s: float = 2.0) -> dict:
@@ -364,32 +412,46 @@ def run_launch(props: dict) -> dict:
         # Oumi stops tailing (and returns) when the log file has not appeared after ~75 s, e.g. while the job
         # waits in the queue: then SLURM is asked until the job ends, within the same time limit.
         record = wait_until_done(site, job_id, started + timeout_s)
+        # Measured from the job's final state, failed or not: 1 only for COMPLETED with exit code 0.
+        job_completed = int(succeeded(record))
         remote_log = f"$HOME/oumi_slurm_logs/{job_id}.out"
         local_log = report_dir / f"slurm-{job_id}.out"
         slurm_log = fetch_file(site, remote_log, local_log) or ""
         # A failed launch is no resource, so `pulumi destroy` would never clean it: cancel and remove it now
         # (its log stays here, in the reports folder).
         leftovers = [record["work_dir"], remote_log, out_dir]
+        failure, files = None, []
         if launched["timed_out"] or record["state"] not in TERMINAL:
             cleanup_remote(site, job_id, leftovers)
-            raise ClusterError(f"oumi: job {job_id} ({name}) did not end within {timeout_s} s; cancelled it. "
-                               f"Log: {local_log}")
-        if record["state"] != "COMPLETED" or not record["exit_code"].startswith("0:"):
+            failure = (f"oumi: job {job_id} ({name}) did not end within {timeout_s} s (still {record['state']}); "
+                       f"cancelled it. Log: {local_log}")
+        elif not job_completed:
             cleanup_remote(site, job_id, leftovers)
             tail = "\n".join(slurm_log.strip().splitlines()[-25:])
-            raise ClusterError(f"oumi: SLURM job {job_id} ({name}) launched by `oumi launch up` ended "
-                               f"{record['state']} with exit code {record['exit_code']} ({record['reason']}). "
-                               f"Log {local_log}, last lines:\n{tail}")
-        files = retrieve(site, out_dir, report_dir / "output")
-        still_open = master_alive(site)
-    master_closed = not master_alive(site) and not site.control_path.exists()
-    return {"job_id": job_id, "run_id": run_id, "out_dir": out_dir, "remote_work_dir": record["work_dir"],
+            failure = (f"oumi: SLURM job {job_id} ({name}) launched by `oumi launch up` ended "
+                       f"{record['state']} with exit code {record['exit_code']} ({record['reason']}). "
+                       f"Log {local_log}, last lines:\n{tail}")
+        else:
+            files = retrieve(site, out_dir, report_dir / "output")
+        master_pid = recorded_master_pid(site)
+        still_open = is_master_process(site, master_pid)
+    closed = master_closed(site, master_pid)
+    outs = {"job_id": job_id, "run_id": run_id, "out_dir": out_dir, "remote_work_dir": record["work_dir"],
             "connect_seconds": round(connect_s, 3), "oumi_launch_seconds": launched["seconds"],
             "oumi_status": launched["oumi_status"], "oumi_exit_code": launched["returncode"],
-            "final_state": record["state"], "exit_code": record["exit_code"],
+            "final_state": record["state"], "exit_code": record["exit_code"], "job_completed": job_completed,
             "submit_to_start_seconds": record["submit_to_start_seconds"], "run_seconds": record["run_seconds"],
-            "files": files, "cluster": site.cluster,
-            "master_was_open": still_open, "ssh_master_closed": master_closed}
+            "files": files, "cluster": site.cluster, "master_pid": master_pid,
+            "master_was_open": still_open, "ssh_master_closed": closed}
+    # The figures, failed or not, beside the log in the reports folder.
+    (report_dir / "launch_result.json").write_text(json.dumps({k: v for k, v in outs.items() if k != "files"},
+                                                              indent=1))
+    if failure:
+        # A failed create exports nothing, so the measured figures travel in the error (and launch_result.json).
+        raise ClusterError(f"{failure}\nmeasured: job_completed={job_completed} final_state={record['state']} "
+                           f"exit_code={record['exit_code']} ssh_master_closed={int(closed)} "
+                           f"(also in {report_dir / 'launch_result.json'})")
+    return outs
 
 
 def remove_launch(props: dict) -> None:
@@ -421,6 +483,7 @@ def remove_local(folder: Path) -> None:
 
 class _OumiLaunchProvider(ReplacingProvider):
     settings_only = ("connection",)
+
     def create(self, props: dict) -> CreateResult:
         try:
             outs = run_launch(props)
@@ -434,8 +497,8 @@ class _OumiLaunchProvider(ReplacingProvider):
 
 
 _OUTPUTS = ("job_id", "run_id", "out_dir", "remote_work_dir", "connect_seconds", "oumi_launch_seconds",
-            "oumi_status", "oumi_exit_code", "final_state", "exit_code", "submit_to_start_seconds", "run_seconds",
-            "files", "cluster", "master_was_open", "ssh_master_closed")
+            "oumi_status", "oumi_exit_code", "final_state", "exit_code", "job_completed", "submit_to_start_seconds",
+            "run_seconds", "files", "cluster", "master_pid", "master_was_open", "ssh_master_closed")
 # An input can't also be listed as an output (the output's None would replace it); report_dir is both.
 EXPORTED = (*_OUTPUTS, "report_dir")
 
@@ -567,7 +630,9 @@ def launch_metrics(o: dict) -> dict:
     losses = [h["loss"] for h in history if isinstance(h.get("loss"), (int, float))]
     return {"connect_seconds": o["connect_seconds"], "submit_to_start_seconds": o["submit_to_start_seconds"],
             "final_state": o["final_state"], "oumi_status": o["oumi_status"], "slurm_job_id": o["job_id"],
-            "exit_code": o["exit_code"], "job_completed": int(o["final_state"] == "COMPLETED"),
+            "exit_code": o["exit_code"],
+            "job_completed": o["job_completed"] if o.get("job_completed") is not None else
+            int(o["final_state"] == "COMPLETED" and str(o["exit_code"]).startswith("0:")),
             "oumi_launch_seconds": o["oumi_launch_seconds"], "run_seconds": o["run_seconds"],
             "ssh_master_closed": int(bool(o["ssh_master_closed"])), "cluster": o["cluster"],
             "results": file_summary(files), "results_intact": file_summary(files)["all_intact"],

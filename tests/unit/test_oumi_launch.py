@@ -4,12 +4,14 @@ import json
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
 from stacks.oumi import evaluation as oumi_eval, launch as oumi_launch
+from stacks.slurm import jobs
 from stacks.slurm.remote import ClusterError, ClusterUnreachable, Connection
 from tests.ports import closed_port
 
@@ -95,8 +97,8 @@ def test_file_summary_flags_a_corrupt_retrieval():
     assert oumi_launch.file_summary([big])["all_intact"] == 0  # nothing came back
 
 
-def test_scontrol_line_parsing():
-    f = oumi_launch.parse_scontrol("JobId=7 JobName=x JobState=COMPLETED ExitCode=0:0 SubmitTime=100 StartTime=103")
+def test_scontrol_line_parsing():  # the shared stacks/slurm/jobs.py parser
+    f = jobs.parse_scontrol("JobId=7 JobName=x JobState=COMPLETED ExitCode=0:0 SubmitTime=100 StartTime=103")
     assert f["JobState"] == "COMPLETED" and f["SubmitTime"] == "100"
 
 
@@ -110,8 +112,9 @@ def test_unreachable_cluster_fails_fast_with_a_clear_error_and_no_master(tmp_pat
     assert not (tmp_path / "ssh" / "cm").exists() and not (tmp_path / "ssh" / "id").exists()
 
 
-def test_wrong_key_is_refused_by_a_real_sshd_with_a_clear_error(tmp_path):
-    """A throwaway sshd on a free port that accepts only another key."""
+@pytest.fixture
+def sshd(tmp_path):
+    """A throwaway sshd on a free port that accepts only the key `good`; yields (good, wrong) Connections."""
     sshd = Path("/usr/sbin/sshd")
     if not sshd.exists():
         pytest.skip("no sshd here")
@@ -132,22 +135,125 @@ def test_wrong_key_is_refused_by_a_real_sshd_with_a_clear_error(tmp_path):
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.1)
-        conn = Connection(kind="ssh", host="127.0.0.1", port=port, user=user, connect_timeout=5,
-                          private_key=(tmp_path / "wrong").read_text(), known_hosts=str(tmp_path / "kh"))
-        started = time.monotonic()
-        with pytest.raises(ClusterUnreachable, match="Permission denied"):
-            with oumi_launch.connected(tmp_path / "ssh", "site", conn, "debug", None, None, [], 60):
-                pass
-        assert time.monotonic() - started < 30
-        assert not (tmp_path / "ssh" / "cm").exists()
-        # and the right key opens the master, which `connected` closes again
-        good = Connection(**{**conn.__dict__, "private_key": (tmp_path / "good").read_text()})
-        with oumi_launch.connected(tmp_path / "ssh2", "site", good, "debug", None, None, [], 60) as (site, seconds):
-            assert seconds > 0 and oumi_launch.master_alive(site)
-        assert not oumi_launch.master_alive(site) and not site.control_path.exists()
+        wrong = Connection(kind="ssh", host="127.0.0.1", port=port, user=user, connect_timeout=5,
+                           private_key=(tmp_path / "wrong").read_text(), known_hosts=str(tmp_path / "kh"))
+        good = Connection(**{**wrong.__dict__, "private_key": (tmp_path / "good").read_text()})
+        yield good, wrong
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_wrong_key_is_refused_by_a_real_sshd_with_a_clear_error(tmp_path, sshd):
+    good, wrong = sshd
+    started = time.monotonic()
+    with pytest.raises(ClusterUnreachable, match="Permission denied"):
+        with oumi_launch.connected(tmp_path / "ssh", "site", wrong, "debug", None, None, [], 60):
+            pass
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "ssh" / "cm").exists()
+    # and the right key opens the master, which `connected` closes again
+    with oumi_launch.connected(tmp_path / "ssh2", "site", good, "debug", None, None, [], 60) as (site, seconds):
+        assert seconds > 0 and oumi_launch.master_alive(site)
+    assert not oumi_launch.master_alive(site) and not site.control_path.exists()
+
+
+def test_master_closed_is_measured_on_the_master_process(tmp_path, sshd):
+    good, _ = sshd
+    with oumi_launch.connected(tmp_path / "ssh", "site", good, "debug", None, None, [], 60) as (site, _):
+        pid = oumi_launch.recorded_master_pid(site)
+        assert pid and oumi_launch.is_master_process(site, pid) and oumi_launch.master_check(site) == pid
+        assert not oumi_launch.master_closed(site, pid)
+    assert oumi_launch.master_closed(site, pid) and not oumi_launch.process_alive(pid)  # gone, or a zombie
+
+
+def test_a_master_whose_socket_vanished_is_not_reported_closed(tmp_path, sshd):
+    """The old check (no socket file = closed) said 'closed' while the ssh process still ran."""
+    good, _ = sshd
+    site = oumi_launch.write_site(tmp_path / "ssh", "site", good, "debug", None)
+    oumi_launch.open_master(site, good.where, 60)
+    pid = oumi_launch.recorded_master_pid(site)
+    try:
+        site.control_path.unlink()  # the socket is gone, the master process is not
+        assert oumi_launch.master_check(site) is None
+        assert oumi_launch.master_alive(site) and not oumi_launch.master_closed(site, pid)
+    finally:
+        oumi_launch.close_master(site)  # finds it by its recorded pid and ends it
+    assert oumi_launch.master_closed(site, pid)
+
+
+def test_a_recorded_pid_of_another_process_is_never_signalled(tmp_path):
+    site = oumi_launch.write_site(tmp_path / "ssh", "site", _conn(), "debug", None)
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        site.master_pid_file.write_text(f"{other.pid}\n")  # a pid reused by an unrelated process
+        assert not oumi_launch.is_master_process(site, other.pid) and not oumi_launch.master_alive(site)
+        oumi_launch.close_master(site)
+        assert other.poll() is None  # still running: not ours, not killed
+    finally:
+        other.kill()
+        other.wait()
+
+
+# -- job state through stacks/slurm/jobs.py; job_completed measured, also when the job failed -----------------------
+def test_job_record_uses_the_shared_job_query(monkeypatch, tmp_path):
+    site = oumi_launch.write_site(tmp_path / "ssh", "site", _conn(), "debug", None)
+    asked = []
+
+    def canned(_site, script, timeout=120, check=True):
+        asked.append(script)
+        return subprocess.CompletedProcess(script, 0, "JobId=7 JobState=FAILED Reason=NonZeroExitCode ExitCode=1:0 "
+                                           "SubmitTime=100 StartTime=103 EndTime=160 WorkDir=/home/a/x "
+                                           "StdOut=/home/a/o.out NodeList=vm\n", "")
+    monkeypatch.setattr(oumi_launch, "remote", canned)
+    rec = oumi_launch.job_record(site, "7")
+    assert asked == ["SLURM_TIME_FORMAT=%s scontrol show job -o 7"]
+    assert rec["state"] == "FAILED" and rec["exit_code"] == "1:0" and rec["work_dir"] == "/home/a/x"
+    assert rec["submit_to_start_seconds"] == 3 and rec["run_seconds"] == 57
+
+
+def _fake_launch(monkeypatch, tmp_path, state: str, exit_code: str):
+    @contextmanager
+    def fake_connected(folder, alias, conn, *a, **kw):
+        site = oumi_launch.write_site(folder, alias, conn, "debug", None)
+        yield site, 0.25
+    monkeypatch.setattr(oumi_launch, "connected", fake_connected)
+    monkeypatch.setattr(oumi_launch, "launch_up", lambda *a, **kw: {
+        "job_id": "42", "oumi_status": state, "returncode": 0, "timed_out": False, "seconds": 9.0,
+        "output": "Job 42 queued on cluster x"})
+    monkeypatch.setattr(oumi_launch, "wait_until_done", lambda *a, **kw: {
+        "state": state, "exit_code": exit_code, "reason": "NonZeroExitCode", "work_dir": "/w", "stdout": "",
+        "submit_time": 1.0, "start_time": 2.0, "end_time": 5.0, "submit_to_start_seconds": 1.0, "run_seconds": 3.0})
+    monkeypatch.setattr(oumi_launch, "fetch_file", lambda *a, **kw: "Traceback\nRuntimeError: out of memory\n")
+    monkeypatch.setattr(oumi_launch, "cleanup_remote", lambda *a, **kw: None)
+    monkeypatch.setattr(oumi_launch, "retrieve", lambda *a, **kw: [])
+    return {"name": "mlops_3_1-job", "stack": "t", "connection": {"kind": "ssh", "host": "h", "port": 22,
+                                                                   "user": "u", "private_key": "K"},
+            "remote_root": "/r", "local_dir": str(tmp_path / "state" / "oumi" / "x"),
+            "report_dir": str(tmp_path / "reports"), "launcher_python": "py", "partition": "debug", "gres": None,
+            "cpus": 1, "container_image": None, "binds": [], "env": {}, "time_limit_minutes": 1,
+            "job_files": {"a.yaml": "x: 1\n"}, "copies": {}, "run": "true"}
+
+
+def test_a_failed_oumi_job_fails_with_job_completed_0_in_the_error_and_on_disk(monkeypatch, tmp_path):
+    props = _fake_launch(monkeypatch, tmp_path, "FAILED", "1:0")
+    with pytest.raises(ClusterError) as err:
+        oumi_launch.run_launch(props)
+    text = str(err.value)
+    assert "ended FAILED with exit code 1:0" in text and "RuntimeError: out of memory" in text
+    assert "measured: job_completed=0 final_state=FAILED exit_code=1:0" in text
+    saved = json.loads((tmp_path / "reports" / "launch_result.json").read_text())
+    assert saved["job_completed"] == 0 and saved["final_state"] == "FAILED" and saved["job_id"] == "42"
+
+
+def test_a_completed_oumi_job_exports_job_completed_1(monkeypatch, tmp_path):
+    outs = oumi_launch.run_launch(_fake_launch(monkeypatch, tmp_path, "COMPLETED", "0:0"))
+    assert outs["job_completed"] == 1 and outs["final_state"] == "COMPLETED"
+    metrics = oumi_launch.launch_metrics({**outs, "report_dir": "/r"})
+    assert metrics["job_completed"] == 1
+    # a state from before job_completed was an output: measured from state and exit code (<exit>:<signal>)
+    assert oumi_launch.launch_metrics({**outs, "job_completed": None, "exit_code": "2:0",
+                                       "report_dir": "/r"})["job_completed"] == 0
 
 
 # -- MLOPS-3.2: the evaluation job and its scores -------------------------------------------------------------------

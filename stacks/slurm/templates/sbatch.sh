@@ -1,5 +1,5 @@
 #!/bin/bash
-# Rendered by mlops-validation (stacks/sbatch_job.py).
+# Rendered by mlops-validation (stacks/slurm/job.py); submitted by workloads/slurm_submit.py.
 ${directives}
 set -euo pipefail
 export JOB_DIR=${job_dir}
