@@ -54,7 +54,8 @@ class Run:
             connection=hpc.connection, cluster_id=hpc.cluster_id, root=hpc.root,
             code_dir=code.path.apply(lambda p: p.rsplit("/", 1)[0]), python=s.cluster_python(),
             partition=s.hpc.partition, gpus_per_node=s.hpc.gpus_per_node, cpus_per_task=s.hpc.cpus_per_task,
-            container_image=s.hpc.container.image, code_version=manifest_digest(code_files))
+            container_image=s.hpc.container.image, code_version=manifest_digest(code_files),
+            submit_via="local" if s.hpc.target == "embedded" and s.hpc.embedded.submit_via == "local" else "ssh")
         return cls(cfg=cfg, hpc=hpc, jobs=jobs)
 
     @property
