@@ -9,8 +9,7 @@ from stacks.site import Run
 run = Run.start(config.load())
 s = run.settings
 for task in tasks.build_order(s.tasks):
-    run.built[task.name] = measured = task().build(run)
-    pulumi.export(task.name, tasks.result(task, measured, task.platform(s)))
+    pulumi.export(task.name, tasks.result(task, run.build(task), task.platform(s)))
 
 if run.hpc.login is not None:  # the embedded login node, as a site stack would name it (the integration tests do)
     pulumi.export("embedded_login", pulumi.Output.all(run.hpc.login, run.hpc.login_known_hosts).apply(

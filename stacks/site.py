@@ -3,7 +3,7 @@ or a site's login node), the workloads' code and the data sets on its shared sto
 before. Tasks share components through `fixture` (built once, by the first task that needs it)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -14,7 +14,7 @@ from stacks.slurm.job import WorkloadContext
 from stacks.slurm.staging import (StagedDirectory, StagedDirectoryArgs, check_against_sums, manifest,
                                   manifest_digest, preflight)
 from stacks.slurm.target import HpcTarget, HpcTargetArgs
-from stacks.tasks import Measured, data_needs
+from stacks.tasks import BY_NAME, Measured, Task, data_needs
 from validation.config import Settings
 
 WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
@@ -65,6 +65,15 @@ class Run:
     @property
     def stack(self) -> str:
         return self.cfg.stack
+
+    def build(self, task: type[Task]) -> Measured:
+        """Build one task. The platform checks (GPU health, the scheduler, storage) run one after the other on a quiet
+        cluster, and every later task's jobs wait for them: the probe's concurrent GPU jobs must not queue behind
+        the training jobs, nor a health check read GPUs that are training."""
+        platform_done = [r for name, m in self.built.items() if BY_NAME[name].spec == "platform" for r in m.done]
+        self.jobs = replace(self.jobs, after=platform_done)
+        self.built[task.name] = measured = task().build(self)
+        return measured
 
     def runs(self, task: str) -> bool:
         return task in self.settings.tasks

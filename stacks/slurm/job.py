@@ -272,6 +272,7 @@ class WorkloadContext:
     code_version: str = ""  # hash of the staged code: new code re-runs the jobs
     submit_via: str = "ssh"  # "local" where the connection is local (hpc.embedded.submitVia: local)
     login_python: str = "python3"
+    after: list = field(default_factory=list)  # resources every job waits for (the platform checks)
 
     def job(self, name: str, module: str, args: pulumi.Input[str], gpus: int = 0, cpus: Optional[int] = None,
             tasks: int = 1, time_limit_minutes: int = 30, data: Optional[list] = None,
@@ -286,4 +287,5 @@ class WorkloadContext:
             partition=self.partition, gres=f"gpu:{gpus}" if gpus and self.gpus_per_node else None,
             ntasks=tasks, cpus_per_task=cpus or 1, time_limit_minutes=time_limit_minutes,
             code_version=self.code_version, data=list(data or []), submit_via=self.submit_via,
-            login_python=self.login_python), opts)
+            login_python=self.login_python),
+            pulumi.ResourceOptions.merge(pulumi.ResourceOptions(depends_on=list(self.after)), opts))

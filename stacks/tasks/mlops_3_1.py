@@ -29,7 +29,7 @@ class OumiLaunchTask(Task):
         launch = OumiLaunch("mlops-3-1", oumi_site(run), OumiLaunchArgs(
             base_model_dir=base_model_dir(run), steps=s.option("oumi.train_steps"),
             max_length=s.option("oumi.max_length")),
-            pulumi.ResourceOptions(depends_on=run.after(*self.uses)))
+            pulumi.ResourceOptions(depends_on=run.after(*self.uses) + run.jobs.after))
         return Measured(metrics=launch.metrics, done=[launch], provides={"model_dir": launch.model_dir})
 
 

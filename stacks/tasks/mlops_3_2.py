@@ -34,7 +34,7 @@ class OumiEvaluationTask(Task):
         evaluated = OumiEvaluation("mlops-3-2", oumi_site(run), OumiEvaluationArgs(
             base_model_dir=base_model_dir(run), finetuned_model_dir=finetuned, samples=samples,
             max_new_tokens=s.option("oumi.max_new_tokens")),
-            pulumi.ResourceOptions(depends_on=run.after(*self.uses)))
+            pulumi.ResourceOptions(depends_on=run.after(*self.uses) + run.jobs.after))
         return Measured(metrics=evaluated.metrics.apply(lambda m: scored_fractions(m, samples)), done=[evaluated])
 
 

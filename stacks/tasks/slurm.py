@@ -2,6 +2,8 @@
 the GRES devices each job got) and a GPU request the node cannot give, which must be refused."""
 from __future__ import annotations
 
+import pulumi
+
 from stacks.slurm.probe import SlurmProbe, SlurmProbeArgs
 from stacks.tasks import Measured, Task
 from validation.plots import Plot, submit_latency
@@ -16,5 +18,6 @@ class SchedulerCheck(Task):
         s = run.settings
         probe = SlurmProbe("slurm", SlurmProbeArgs(
             connection=run.hpc.connection, cluster_id=run.hpc.cluster_id, root=run.hpc.root,
-            partition=s.hpc.partition, gpus_per_node=s.hpc.gpus_per_node, jobs=s.option("slurm_probe.jobs")))
+            partition=s.hpc.partition, gpus_per_node=s.hpc.gpus_per_node, jobs=s.option("slurm_probe.jobs")),
+            pulumi.ResourceOptions(depends_on=run.jobs.after))
         return Measured(metrics=probe.metrics, done=[probe])
