@@ -40,10 +40,10 @@ def _targets_table(rows: list[dict]) -> list[str]:
 def _declared(platform: Optional[dict]) -> str:
     if not platform:
         return "not declared (no task output carries a `platform`)"
-    gpu = platform.get("gpu")
-    gpus = (f"GPU {gpu} (`hpc.gpu`), {platform.get('gpus_per_node', '?')} a node (`hpc.gpusPerNode`)" if gpu else
-            f"no real GPU (`hpc.gpu` unset: GRES over {platform.get('gpus_per_node', '?')} fake device nodes; "
-            "GPU targets are not applicable)")
+    gpu, key = platform.get("gpu"), platform.get("gpu_key", "hpc.gpu")
+    gpus = (f"GPU {gpu} (`{key}`), {platform.get('gpus_per_node', '?')} a node (`hpc.gpusPerNode`)" if gpu else
+            f"no real GPU (`{key}`: none; GRES over {platform.get('gpus_per_node', '?')} device nodes that are no "
+            "GPUs; GPU targets are not applicable)")
     k8s = ("a Kubernetes cluster" if platform.get("kubernetes") else "no Kubernetes cluster") + " (`kubernetes`)"
     return f"{gpus}; {k8s}"
 

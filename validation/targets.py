@@ -85,13 +85,13 @@ class Target:
                 return None
             return ("needs a Kubernetes cluster; the config declares none (`kubernetes` not set). "
                     "Measured where a site sets `kubernetes`")
-        gpu = platform.get("gpu")
+        gpu, key = platform.get("gpu"), platform.get("gpu_key", "hpc.gpu")
         if not gpu:
-            return ("GPU target; the config declares no real GPU (`hpc.gpu` unset: GRES over fake device nodes). "
+            return (f"GPU target; the config declares no real GPU (`{key}`: none). "
                     "GPU figures: docs/benchmarks.md")
         cls = self.gpu_class
         if cls and cls.lower() not in str(gpu).lower():
-            return (f"goal measured on {cls.upper()}; the config declares {gpu} (`hpc.gpu`), "
+            return (f"goal measured on {cls.upper()}; the config declares {gpu} (`{key}`), "
                     f"judged only on a {cls.upper()}")
         return None
 

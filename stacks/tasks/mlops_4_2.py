@@ -25,7 +25,7 @@ class LlmInference(Task):
     @classmethod
     def platform(cls, settings) -> dict:
         # The predictor runs where `pulumi up` runs (serving.gpu), not on the cluster's nodes (hpc.gpu).
-        return {**settings.platform, "gpu": settings.serving.gpu_model}
+        return {**settings.platform, "gpu": settings.serving.gpu_model, "gpu_key": "serving.gpu"}
 
     def build(self, run) -> Measured:
         s, base = run.settings, serving_base(run)

@@ -8,7 +8,7 @@ def test_defaults_are_the_embedded_smoke_profile():
     s = parse({})
     assert s.profile == "smoke" and s.hpc.target == "embedded" and s.tasks == [t.name for t in TASKS]
     assert s.option("storage.size_mb") == 64 and s.option("slurm_probe.jobs") == 10
-    assert s.platform == {"gpu": None, "gpus_per_node": 2, "kubernetes": False}
+    assert s.platform == {"gpu": None, "gpu_key": "hpc.gpu", "gpus_per_node": 2, "kubernetes": False}
     assert s.shared_storage("dev") == "/tmp/mlops-validation/dev/shared"
     assert s.cluster_python().endswith(".venv-workloads/bin/python")
 

@@ -40,8 +40,8 @@ def test_report_shows_verdicts_reasons_platform_hardware_and_plots(tmp_path):
     text = render(outputs, tmp_path, tasks=REGISTRY)
     assert "**Verdict: PASS**" in text and "Why it is FAIL" not in text
     assert "## MLOPS-1.1 Single-GPU MNIST training" in text
-    assert "not applicable — GPU target; the config declares no real GPU (`hpc.gpu` unset" in text
-    assert "Declared hardware (config): no real GPU (`hpc.gpu` unset" in text
+    assert "not applicable — GPU target; the config declares no real GPU (`hpc.gpu`: none)" in text
+    assert "Declared hardware (config): no real GPU (`hpc.gpu`: none;" in text
     assert "Hardware seen: cpu (AMD EPYC); job `train` cpu (AMD EPYC)" in text
     assert "SLURM job 3 on `vm`" in text and "CUDA_VISIBLE_DEVICES=0" in text
     # tasks of the registry that this stack does not enable are listed, and are no failure

@@ -101,7 +101,7 @@ class Settings(Section):
     @property
     def platform(self) -> dict:
         """The hardware this stack declares (not what its jobs report): where GPU and Kubernetes targets apply."""
-        return {"gpu": self.hpc.gpu_model, "gpus_per_node": self.hpc.gpus_per_node,
+        return {"gpu": self.hpc.gpu_model, "gpu_key": "hpc.gpu", "gpus_per_node": self.hpc.gpus_per_node,
                 "kubernetes": self.kubernetes is not None}
 
 
