@@ -27,7 +27,7 @@ OPS = (*_OPS, "between")
 SOURCES = ("spec", "goal")
 STATUSES = ("pass", "fail", "not_applicable", "missing")
 # The config keys that declare what a scope needs; a not-applicable reason always names one of them.
-DECLARED_BY = {"gpu": "hpc.gpu", "kubernetes": "kubernetes"}
+DECLARING_KEYS = ("hpc.gpu", "serving.gpu", "kubernetes")  # the config keys that declare the hardware
 RESULT_KEYS = ("metrics", "hardware", "platform", "targets", "summary")
 
 

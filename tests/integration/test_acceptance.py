@@ -6,10 +6,10 @@ and the overall verdict is validation/verdict.py's, the same the report shows.
 """
 import pytest
 
-from validation.targets import DECLARED_BY, all_targets, judge
+from validation.targets import DECLARING_KEYS, all_targets, judge
 from validation.verdict import NO_OUTPUT, overall
 
-CONFIG_KEYS = tuple(f"`{key}`" for key in DECLARED_BY.values())
+CONFIG_KEYS = tuple(f"`{key}`" for key in DECLARING_KEYS)
 
 
 def _enabled(stack_outputs) -> list:
