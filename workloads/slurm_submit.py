@@ -93,7 +93,7 @@ def elapsed_seconds(run_time: str) -> float:
     return (int(days) if days else 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
 
 
-def _epoch(value: Optional[str]) -> Optional[float]:
+def epoch_seconds(value: Optional[str]) -> Optional[float]:
     try:
         return float(value) if value not in (None, "", "Unknown", "None") else None
     except ValueError:
@@ -118,7 +118,7 @@ def job_record(job_id: str) -> Optional[dict]:
                 break
     if not f:
         return None
-    submit, start, end = (_epoch(f.get(k)) for k in ("SubmitTime", "StartTime", "EndTime"))
+    submit, start, end = (epoch_seconds(f.get(k)) for k in ("SubmitTime", "StartTime", "EndTime"))
     node = f.get("NodeList", "")
     return {"state": (f.get("JobState") or "UNKNOWN").split()[0].rstrip("+"), "exit_code": f.get("ExitCode", ""),
             "node": "" if node in ("(null)", "None assigned") else node, "reason": f.get("Reason", ""),
@@ -175,7 +175,7 @@ def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
 def document(job_dir: str, record: dict) -> dict:
     """What `submit` and `show` print: the record, the job's environment (GRES) and its metrics."""
     env = _read_json(os.path.join(job_dir, "job_env.json")) or {}
-    started = _epoch(str(env.pop("started_at", "")))
+    started = epoch_seconds(str(env.pop("started_at", "")))
     submitted = record.get("submitted_at")
     if started is not None and submitted is not None:
         to_start = round(started - submitted, 3)

@@ -2,8 +2,8 @@
 
 Plain Python, no Pulumi: the SLURM probe (stacks/slurm/probe.py) and the Oumi launch (stacks/oumi/launch.py) pass
 their own way of running a command on the login node (`Connection.run`, or ssh through Oumi's master connection).
-The submit script that runs *on* the login node (workloads/slurm_submit.py) carries its own stdlib copy of these
-few lines, because it must stay self-contained there; tests/unit/test_slurm_submit.py checks both agree.
+The parsing of SLURM's answers is the submit script's (workloads/slurm_submit.py, stdlib only, since it runs *on*
+the login node): one parser for both sides.
 """
 from __future__ import annotations
 
@@ -12,39 +12,11 @@ import subprocess
 from typing import Callable, Optional
 
 from stacks.slurm.remote import ClusterError
-
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-                      "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"})
+# re-exported: the probe, the Oumi launch and the tests take them from here
+from workloads.slurm_submit import TERMINAL, elapsed_seconds, epoch_seconds, parse_scontrol, succeeded  # noqa: F401
 
 # run(script) -> CompletedProcess with text stdout/stderr; it must not raise on a non-zero exit.
 Runner = Callable[[str], subprocess.CompletedProcess]
-
-
-def parse_scontrol(line: str) -> dict:
-    """`scontrol show job -o ID` prints one line of Key=Value pairs (values without spaces except Command);
-    the first occurrence of a key wins."""
-    fields: dict = {}
-    for token in line.split():
-        if "=" in token:
-            key, value = token.split("=", 1)
-            fields.setdefault(key, value)
-    return fields
-
-
-def elapsed_seconds(run_time: str) -> float:
-    """SLURM's [D-]HH:MM:SS (or MM:SS) as seconds."""
-    days, _, clock = run_time.rpartition("-")
-    parts = [int(p) for p in clock.split(":")]
-    while len(parts) < 3:
-        parts.insert(0, 0)
-    return (int(days) if days else 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
-
-
-def _epoch(value: Optional[str]) -> Optional[float]:
-    try:
-        return float(value) if value not in (None, "", "Unknown", "None") else None
-    except ValueError:
-        return None
 
 
 def _state(value: str) -> str:
@@ -67,7 +39,7 @@ def job_record(run: Runner, job_id: str, where: str = "the cluster") -> dict:
         parts += [""] * (8 - len(parts))
         f = dict(zip(("JobState", "ExitCode", "NodeList", "RunTime", "SubmitTime", "StartTime", "EndTime",
                       "WorkDir"), parts))
-    submit, start, end = (_epoch(f.get(k)) for k in ("SubmitTime", "StartTime", "EndTime"))
+    submit, start, end = (epoch_seconds(f.get(k)) for k in ("SubmitTime", "StartTime", "EndTime"))
     node = f.get("NodeList", "")
     return {"job_id": job_id, "state": _state(f.get("JobState", "")), "exit_code": f.get("ExitCode", ""),
             "node": "" if node in ("(null)", "None assigned") else node, "reason": f.get("Reason", ""),
@@ -81,7 +53,3 @@ def job_status(run: Runner, job_id: str, where: str = "the cluster") -> dict:
     """The short form the SLURM probe uses: state, exit_code, node, run_time, reason."""
     r = job_record(run, job_id, where)
     return {k: r[k] for k in ("state", "exit_code", "node", "run_time", "reason")}
-
-
-def succeeded(record: dict) -> bool:
-    return record.get("state") == "COMPLETED" and str(record.get("exit_code", "")).startswith("0:")
