@@ -90,7 +90,9 @@ def _slurm_conf(lay: Layout, cluster: str, node_line: str, partition: str, gpus:
     gres = f" Gres=gpu:{gpus}" if gpus else ""
     return f"""# Written by mlops-validation (embedded default). See shared/notes/embedded-slurm.md.
 ClusterName={cluster}
-SlurmctldHost=localhost
+SlurmctldHost=localhost(127.0.0.1)
+# Bind slurmctld and slurmd to their own addresses (127.0.0.1), not to every interface.
+CommunicationParameters=NoInAddrAny
 SlurmctldPort={port}
 SlurmdPort={port + 1}
 SlurmUser=root
@@ -155,6 +157,7 @@ def start_cluster(state_dir: str, cluster: str, partition: str, gpus: int, base_
     fields["RealMemory"] = str(int(int(fields["RealMemory"]) * 0.9))  # below real, or the node drains
     if cpus:
         fields.update(CPUs=str(cpus), CoresPerSocket=str(cpus), SocketsPerBoard="1", ThreadsPerCore="1")
+    fields["NodeAddr"] = "127.0.0.1"  # slurmd listens there only (CommunicationParameters=NoInAddrAny)
     node_line = " ".join(f"{k}={v}" for k, v in fields.items())
     lay.slurm_conf.write_text(_slurm_conf(lay, cluster, node_line, partition, gpus, base_port))
     if gpus:
