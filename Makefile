@@ -10,7 +10,10 @@ export PULUMI_HOME := $(CURDIR)/.tools/pulumi-home
 export PULUMI_BACKEND_URL ?= file://$(CURDIR)/.pulumi-state
 # Passphrase of the local secrets provider. This default is for the embedded default only and is no
 # secret: a real site exports its own PULUMI_CONFIG_PASSPHRASE (or uses another secrets provider).
-export PULUMI_CONFIG_PASSPHRASE ?= mlops-validation-dev-only
+# tools/stack.sh refuses it for any other stack; a passphrase file of the site's own is used as it is.
+ifeq ($(origin PULUMI_CONFIG_PASSPHRASE)$(origin PULUMI_CONFIG_PASSPHRASE_FILE),undefinedundefined)
+export PULUMI_CONFIG_PASSPHRASE := mlops-validation-dev-only
+endif
 export PULUMI_SKIP_UPDATE_CHECK := true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION := true
 export DO_NOT_TRACK := 1

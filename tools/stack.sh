@@ -10,6 +10,16 @@ mkdir -p .pulumi-state "$reports"
 if [ ! -f "Pulumi.$stack.yaml" ]; then
   echo "stack.sh: no Pulumi.$stack.yaml here (a site copies examples/Pulumi.mysite.yaml)" >&2; exit 2
 fi
+# The Makefile's passphrase is published: it may encrypt only the stacks this repo ships for this machine.
+PUBLIC_PASSPHRASE=mlops-validation-dev-only
+case $stack in
+  dev | itest | itest-*) ;;
+  *) if [ "$action" != down ] && [ "${PULUMI_CONFIG_PASSPHRASE:-}" = "$PUBLIC_PASSPHRASE" ]; then
+       echo "stack.sh: stack '$stack' would keep its secrets (sshPrivateKey, ...) under the embedded default's" \
+            "public passphrase: export PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE of your own" >&2
+       exit 2
+     fi ;;
+esac
 pulumi stack select --create --secrets-provider passphrase "$stack" >/dev/null || exit 1
 
 # Pulumi prints a dynamic provider's failure as a Python traceback; end with its last line, the cause.
