@@ -49,10 +49,11 @@ class Connection:
     def _ssh_options(self) -> Iterator[list[str]]:
         with tempfile.TemporaryDirectory(prefix="mlops-ssh-") as tmp:
             opts = ["-p", str(self.port), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
-                    "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR",
-                    "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
-            if self.known_hosts:
-                opts += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+                    "-o", "LogLevel=ERROR", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+            # A known-hosts file given is the site's word on the login node's key: nothing else is accepted.
+            # Without one, the user's own known_hosts, where a new host is accepted once (as ssh would ask).
+            opts += (["-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+                     if self.known_hosts else ["-o", "StrictHostKeyChecking=accept-new"])
             if self.private_key:
                 key = os.path.join(tmp, "id")
                 fd = os.open(key, os.O_WRONLY | os.O_CREAT, 0o600)

@@ -38,3 +38,11 @@ def test_unreachable_ssh_host_fails_fast_and_names_it():
         conn.run("true")
     assert time.monotonic() - started < 10
     assert f"me@127.0.0.1:{conn.port}" in str(err.value) and "Connection refused" in str(err.value)
+
+
+def test_a_known_hosts_file_given_is_checked_strictly():
+    with Connection(kind="ssh", host="h", known_hosts="/site/known_hosts")._ssh_options() as opts:
+        assert "StrictHostKeyChecking=yes" in opts and "UserKnownHostsFile=/site/known_hosts" in opts
+        assert "StrictHostKeyChecking=accept-new" not in opts
+    with Connection(kind="ssh", host="h")._ssh_options() as opts:  # the user's own known_hosts: ssh's first-use rule
+        assert "StrictHostKeyChecking=accept-new" in opts
