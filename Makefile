@@ -18,7 +18,7 @@ export PULUMI_SKIP_UPDATE_CHECK := true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup up preview down test unit-test integration-test report
+.PHONY: setup up preview down unlock test unit-test integration-test report
 setup:
 	@tools/bootstrap.sh
 
@@ -30,6 +30,9 @@ preview: setup   ## what CI runs on pull requests
 
 down: setup      ## pulumi destroy on $(STACK): daemons stopped, jobs cancelled, files removed
 	@tools/stack.sh down $(STACK)
+
+unlock: setup    ## clear the lock an interrupted `make up` left (make up does it itself when no pulumi holds it)
+	@tools/stack.sh unlock $(STACK)
 
 report:          ## rebuild reports/$(STACK)/report.md from its outputs.json
 	@.venv/bin/python -m validation.report reports/$(STACK)/outputs.json

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tools/stack.sh up|preview|down STACK — one Pulumi stack's lifecycle, with its reports.
+# tools/stack.sh up|preview|down|unlock STACK — one Pulumi stack's lifecycle, with its reports.
 # Run through the Makefile, which sets the Pulumi environment (local backend, tools on PATH).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,27 @@ case $stack in
        exit 2
      fi ;;
 esac
+
+# A lock that an interrupted run left (its pulumi is gone) is cleared; one that a running pulumi holds is named.
+# (The local file backend only; a site's Pulumi backend keeps its own locks.)
+locks="${PULUMI_BACKEND_URL#file://}/.pulumi/locks/organization/mlops-validation/$stack"
+if [ "$action" = unlock ] || { [ "$action" != preview ] && [[ ${PULUMI_BACKEND_URL:-} == file://* ]] \
+                                && compgen -G "$locks/*.json" >/dev/null; }; then
+  for lock in "$locks"/*.json; do
+    [ -f "$lock" ] || continue
+    read -r pid host since < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
+print(d.get("pid", ""), d.get("hostname", ""), d.get("timestamp", ""))' "$lock" 2>/dev/null)
+    if [ "$action" != unlock ] && [ "$host" = "$(hostname)" ] && [ -n "$pid" ] \
+       && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q pulumi; then
+      echo "stack.sh: stack '$stack' is being updated by pulumi (pid $pid, since $since): wait for it, or stop" \
+           "it and run: make unlock STACK=$stack" >&2
+      exit 2
+    fi
+  done
+  echo "stack.sh: clearing the lock of stack '$stack' that an interrupted run left (pulumi cancel)" >&2
+  pulumi cancel --yes --stack "$stack" >/dev/null || exit 1
+  [ "$action" = unlock ] && exit 0
+fi
 pulumi stack select --create --secrets-provider passphrase "$stack" >/dev/null || exit 1
 
 # Pulumi prints a dynamic provider's failure as a Python traceback; end with its last line, the cause.
@@ -55,5 +76,5 @@ case $action in
     [ "$rc" = 0 ] || { explain "$log"; rm -f "$log"; exit "$rc"; }
     rm -f "$log"
     ;;
-  *) echo "usage: tools/stack.sh up|preview|down STACK" >&2; exit 2 ;;
+  *) echo "usage: tools/stack.sh up|preview|down|unlock STACK" >&2; exit 2 ;;
 esac
