@@ -65,6 +65,18 @@ def bucket_names(storage_uris: list[str], extra: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+# mc's credentials as MC_HOST_store=<scheme>://<key>:<secret>@<host>, percent-encoded by shell builtins: the keys come
+# from the Secret's environment and never stand on a command line (`mc alias set URL KEY SECRET` would show them in
+# the process list of the node).
+MC_HOST_FROM_ENV = "\n".join([
+    "set -eu",
+    'enc() { s=$1; out=; while [ -n "$s" ]; do c=${s%"${s#?}"}; s=${s#?}',
+    "  case $c in [A-Za-z0-9._~-]) out=$out$c ;; *) out=$out$(printf '%%%02X' \"'$c\") ;; esac; done;"
+    ' printf %s "$out"; }',
+    'export MC_HOST_store="${ENDPOINT%%://*}://$(enc "$ACCESS_KEY"):$(enc "$SECRET_KEY")@${ENDPOINT#*://}"',
+])
+
+
 @dataclass
 class ObjectStoreArgs:
     namespace: pulumi.Input[str]
@@ -95,9 +107,7 @@ class ObjectStore(pulumi.ComponentResource):
                                         {"api": MINIO_API_PORT, "console": MINIO_CONSOLE_PORT}, self)
         self.endpoint_url = pulumi.Output.from_input(args.namespace).apply(
             lambda ns: f"http://{service_host(MINIO, ns)}:{MINIO_API_PORT}")
-        make_buckets = " && ".join(
-            ['mc alias set store "$ENDPOINT" "$ACCESS_KEY" "$SECRET_KEY"']
-            + [f"mc mb --ignore-existing store/{bucket}" for bucket in args.buckets])
+        make_buckets = "\n".join([MC_HOST_FROM_ENV] + [f"mc mb --ignore-existing store/{b}" for b in args.buckets])
         self.buckets_job = k8s.batch.v1.Job(f"{name}-buckets", k8s.batch.v1.JobInitArgs(
             metadata=k8s.meta.v1.ObjectMetaArgs(namespace=args.namespace, labels=labels("minio-buckets")),
             spec=k8s.batch.v1.JobSpecArgs(backoff_limit=6, template=k8s.core.v1.PodTemplateSpecArgs(

@@ -109,6 +109,8 @@ def test_minio_reads_its_credentials_from_the_secret(default):
     (job,) = recorder.of_type("kubernetes:batch/v1:Job")
     command = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
     assert "mc mb --ignore-existing store/models" in command and "store/mlflow" in command
+    # mc gets the keys from the Secret's environment (MC_HOST_store), never as arguments of a command line
+    assert "export MC_HOST_store=" in command and "mc alias" not in command and PASSWORD not in command
     assert summary["minio"] == "http://minio.mlops-validation.svc.cluster.local:9000"
 
 
