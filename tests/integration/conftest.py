@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ITEST = "itest"
 STATE_ROOT = Path("/tmp/mlops-validation")
+# Test stacks listen below 32768: above it is Linux's ephemeral range, where any outgoing connection of the machine
+# may hold a port for a while (a stack on 36837 once failed its port check so).
 
 
 def pulumi_env() -> dict:

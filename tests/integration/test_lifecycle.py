@@ -111,7 +111,7 @@ def test_local_submission_path():
   mlops-validation:tasks: [slurm, storage]
   mlops-validation:hpc:
     target: embedded
-    embedded: {basePort: 36817, submitVia: local}
+    embedded: {basePort: 31817, submitVia: local}
 """)
     try:
         proc = stack("up", local.name, timeout=600)
@@ -122,4 +122,4 @@ def test_local_submission_path():
         assert out["storage"]["metrics"]["cross_job_checksum_ok"] == 1
     finally:
         local.close()
-    assert not wait_for_no_leftovers([str(STATE_ROOT / local.name)], [36817, 36818, 36819])
+    assert not wait_for_no_leftovers([str(STATE_ROOT / local.name)], [31817, 31818, 31819])

@@ -85,9 +85,9 @@ def test_wrong_minio_key_fails_up_naming_the_endpoint(tmp_path):
     site = TempStack("itest-badkey", f"""config:
   mlops-validation:tasks: [mlops_4_1]
   mlops-validation:hpc:
-    embedded: {{basePort: 36827}}
+    embedded: {{basePort: 31827}}
   mlops-validation:serving:
-    basePort: 36900
+    basePort: 31900
     minio: {{endpoint: "http://127.0.0.1:{port}"}}
     cpu: {{storageUri: "s3://models/mnist/any/model.pt"}}
 """)
@@ -105,26 +105,26 @@ def test_wrong_minio_key_fails_up_naming_the_endpoint(tmp_path):
         site.close()
         os.killpg(minio.pid, signal.SIGTERM)
         minio.wait(timeout=30)
-    assert not wait_for_no_leftovers([str(STATE_ROOT / site.name)], [36827, 36828, 36829, 36900, 36903])
+    assert not wait_for_no_leftovers([str(STATE_ROOT / site.name)], [31827, 31828, 31829, 31900, 31903])
 
 
 def test_missing_model_object_fails_up_and_destroy_leaves_nothing():
     site = TempStack("itest-nomodel", """config:
   mlops-validation:tasks: [mlops_4_1]
   mlops-validation:hpc:
-    embedded: {basePort: 36837}
+    embedded: {basePort: 31837}
   mlops-validation:serving:
-    basePort: 36910
+    basePort: 31910
     cpu: {storageUri: "s3://models/missing/model.pt"}
 """)
     try:
         started = time.monotonic()
         proc = stack("up", site.name, timeout=600)
         assert proc.returncode != 0 and time.monotonic() - started < 300
-        assert ("model object s3://models/missing/model.pt not found in MinIO at http://127.0.0.1:36910"
+        assert ("model object s3://models/missing/model.pt not found in MinIO at http://127.0.0.1:31910"
                 in proc.stderr), (proc.stdout + proc.stderr)[-3000:]
     finally:
         site.close()
-    ports = [36837, 36838, 36839, 36910, 36911, 36912, 36913, 36914]
+    ports = [31837, 31838, 31839, 31910, 31911, 31912, 31913, 31914]
     assert not wait_for_no_leftovers([str(STATE_ROOT / site.name)], ports)
     assert not (STATE_ROOT / f"{site.name}-serving").exists()

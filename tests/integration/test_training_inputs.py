@@ -18,7 +18,7 @@ def test_missing_dataset_file_fails_up_before_anything_starts(tmp_path):
   mlops-validation:tasks: [mlops_1_2]
   mlops-validation:datasetsDir: {tmp_path}
   mlops-validation:hpc:
-    embedded: {{basePort: 37817}}
+    embedded: {{basePort: 31717}}
 """)
     try:
         started = time.monotonic()
