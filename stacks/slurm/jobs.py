@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from typing import Callable, Optional
+from typing import Callable
 
 from stacks.slurm.remote import ClusterError
 # re-exported: the probe, the Oumi launch and the tests take them from here

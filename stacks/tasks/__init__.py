@@ -49,6 +49,12 @@ class Measured:
     provides: dict[str, Any] = field(default_factory=dict)  # values later tasks consume (a model's path, …)
 
 
+def cli_flags(settings: "Settings", flags: dict[str, str]) -> str:
+    """The workload's flags (" --epochs 3 ...") from settings by dotted path; unset ones are left to the workload."""
+    return "".join(f" --{flag} {settings.option(path)}" for flag, path in flags.items()
+                   if settings.option(path) is not None)
+
+
 def devices(**runs: dict) -> dict:
     """What a training task's runs ran on (`Measured.observed`), from each run's metrics: the last run's device, and
     every run's and every rank's by label, so that one rank fallen back to CPU shows."""

@@ -13,6 +13,7 @@ from stacks.local.minio import MinioServer, MinioServerArgs
 from stacks.local.model_server import Predictor, PredictorArgs
 from stacks.local.process import StateDir
 from stacks.slurm.job import SbatchJob
+from stacks.tasks import cli_flags
 
 if TYPE_CHECKING:
     from stacks.k8s import KubernetesServing
@@ -55,7 +56,7 @@ def llm_finetune(run: "Run", name: str, gpus: int, opts: Optional[pulumi.Resourc
     s, assets = run.settings, llm_assets(run)
     flags = {"max-steps": "llm.max_steps", "global-batch-size": "llm.global_batch_size", "seq-len": "llm.seq_len",
              "eval-samples": "llm.eval_samples", "lr": "llm.lr"}
-    settings = "".join(f" --{flag} {s.option(path)}" for flag, path in flags.items() if s.option(path) is not None)
+    settings = cli_flags(s, flags)
     trainer = f" --trainer {s.llm.trainer}"
     tasks, cpus = 1, s.hpc.cpus_per_task
     if s.llm.trainer == "oumi":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from stacks.tasks import Measured, Task
+from stacks.tasks import Measured, Task, devices
 
 
 class GpuHealth(Task):
@@ -24,7 +24,5 @@ class GpuHealth(Task):
         s = run.settings
         job = run.jobs.job("gpu-health", "workloads.gpu_health", "--out-dir $JOB_DIR", gpus=s.hpc.gpus_per_node,
                            cpus=1, time_limit_minutes=5)
-        return Measured(metrics=job.metrics, observed=job.metrics.apply(lambda m: {
-            "device": m.get("device"), "device_name": m.get("device_name"),
-            "jobs": {"gpu-health": {"device": m.get("device"), "device_name": m.get("device_name")}}}),
-            records={"job": job.summary()}, done=[job])
+        return Measured(metrics=job.metrics, observed=job.metrics.apply(lambda m: devices(**{"gpu-health": m})),
+                        records={"job": job.summary()}, done=[job])

@@ -2,7 +2,7 @@
 model is saved as TorchScript with its sha256, and re-evaluated from the saved file."""
 from __future__ import annotations
 
-from stacks.tasks import Measured, Task, devices
+from stacks.tasks import Measured, Task, cli_flags, devices
 from validation.plots import Plot, loss
 
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -20,7 +20,7 @@ class MnistTraining(Task):
     def build(self, run) -> Measured:
         s, data = run.settings, run.dataset("mnist")
         flags = {"epochs": "mnist.epochs", "batch-size": "mnist.batch_size"}
-        extra = "".join(f" --{flag} {s.option(path)}" for flag, path in flags.items() if s.option(path) is not None)
+        extra = cli_flags(s, flags)
         job = run.jobs.job("mlops-1-1", "workloads.mnist",
                            data.path.apply(lambda d: f"--data-dir {d} --out-dir $JOB_DIR{extra}"),
                            gpus=1, cpus=s.hpc.cpus_per_task, time_limit_minutes=s.hpc.job_timeout_minutes,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import pulumi
 
-from stacks.tasks import Measured, Task, devices
+from stacks.tasks import Measured, Task, cli_flags, devices
 from validation.plots import Plot, scaling
 
 CIFAR_FILES = tuple(f"cifar10_train_part{i}.npz" for i in range(5)) + ("cifar10_test.npz",)
@@ -29,7 +29,7 @@ class CifarDataParallel(Task):
         s, data = run.settings, run.dataset("cifar10")
         flags = {"epochs": "cifar.epochs", "global-batch-size": "cifar.global_batch_size",
                  "max-train-samples": "cifar.max_train_samples"}
-        extra = "".join(f" --{flag} {s.option(path)}" for flag, path in flags.items() if s.option(path) is not None)
+        extra = cli_flags(s, flags)
         cli = data.path.apply(lambda d: f"--data-dir {d} --out-dir $JOB_DIR{extra}")
         common = dict(cpus=1, time_limit_minutes=s.hpc.job_timeout_minutes, data=[data.digest])
         single = run.jobs.job("mlops-2-1-1gpu", "workloads.cifar10", cli, gpus=1, tasks=1, **common)

@@ -10,7 +10,7 @@ from typing import Optional
 import pulumi
 
 from stacks.local.load_generator import LoadTest, LoadTestArgs
-from stacks.tasks import Measured, Task
+from stacks.tasks import Measured, Task, devices
 from stacks.tasks.fixtures import MNIST_NAME, kubernetes, mnist_predictor
 from validation.plots import Plot, serving_latency
 
@@ -34,9 +34,7 @@ class CpuInference(Task):
             predictor=predictor, example="mnist-v1", model_name=MNIST_NAME,
             stages=s.option("serving.cpu.stages"), stage_seconds=s.option("serving.cpu.stage_seconds")))
         metrics = served(load.result, predictor, kubernetes(run), MNIST_NAME)
-        return Measured(metrics=metrics, observed=metrics.apply(lambda m: {
-            "device": m["device"], "device_name": m["device_name"],
-            "jobs": {"predictor": {"device": m["device"], "device_name": m["device_name"]}}}), done=[load])
+        return Measured(metrics=metrics, observed=metrics.apply(lambda m: devices(predictor=m)), done=[load])
 
 
 def served(load: pulumi.Output[dict], predictor, cluster, model: str) -> pulumi.Output[dict]:

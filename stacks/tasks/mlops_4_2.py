@@ -8,7 +8,7 @@ import pulumi
 from stacks.local.load_generator import LoadTest, LoadTestArgs
 from stacks.local.model_server import Predictor, PredictorArgs
 from stacks.local.process import LocalRun
-from stacks.tasks import Measured, Task
+from stacks.tasks import Measured, Task, devices
 from stacks.tasks.fixtures import LLM_NAME, kubernetes, serving_base
 from stacks.tasks.mlops_4_1 import served
 from validation.plots import Plot, serving_latency
@@ -47,6 +47,4 @@ class LlmInference(Task):
             predictor=predictor, example="llm-v1", model_name=LLM_NAME, stages=s.option("serving.llm.stages"),
             stage_seconds=s.option("serving.llm.stage_seconds"), timeout_s=120))
         metrics = served(load.result, predictor, kubernetes(run), LLM_NAME)
-        return Measured(metrics=metrics, observed=metrics.apply(lambda m: {
-            "device": m["device"], "device_name": m["device_name"],
-            "jobs": {"predictor": {"device": m["device"], "device_name": m["device_name"]}}}), done=[load])
+        return Measured(metrics=metrics, observed=metrics.apply(lambda m: devices(predictor=m)), done=[load])
