@@ -37,6 +37,7 @@ PROCESS_START = time.perf_counter()  # before the heavy imports: total_seconds i
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -65,6 +66,7 @@ IGNORE = -100
 # Dense bf16 peak of one H100/H200 SXM (datasheet, without sparsity): the MFU denominator, per GPU.
 H200_BF16_DENSE_PEAK = 989e12
 OUMI_CONFIG = Path(__file__).resolve().parent / "oumi" / "smollm2_sft.yaml"
+OUMI_MICRO_BATCH = 32  # records per GPU per forward under --trainer oumi (the rest is gradient accumulation)
 
 
 class InputError(Exception):
@@ -121,6 +123,11 @@ class Example:
     def n_label_tokens(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE)
 
+    @functools.cached_property
+    def n_targets(self) -> int:
+        """Tokens the loss is taken over: labels shifted by one (the first label is a prompt token, IGNORE)."""
+        return sum(1 for t in self.labels[1:] if t != IGNORE)
+
 
 def encode(tokenizer, rec: dict, seq_len: int) -> Example:
     """Chat-template one record; labels are the assistant turn only.
@@ -160,20 +167,68 @@ def collate(examples: Sequence[Example], pad_id: int, device: torch.device):
     return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
-def token_loss_sum(model, ids, mask, labels, autocast_dtype) -> torch.Tensor:
+def pack(examples: Sequence[Example], seq_len: int) -> list[list[Example]]:
+    """First-fit decreasing: the examples in as few rows of `seq_len` tokens as fit them (deterministic)."""
+    rows: list[list[Example]] = []
+    free: list[int] = []
+    for ex in sorted(examples, key=lambda e: -len(e.input_ids)):
+        n = len(ex.input_ids)
+        row = next((i for i, room in enumerate(free) if room >= n), None)
+        if row is None:
+            rows.append([]), free.append(seq_len)
+            row = len(rows) - 1
+        rows[row].append(ex)
+        free[row] -= n
+    return rows
+
+
+def collate_packed(rows: Sequence[Sequence[Example]], seq_len: int, pad_id: int, device: torch.device,
+                   n_rows: int = 0):
+    """input_ids, position_ids and labels of packed rows, all `seq_len` wide.
+
+    Positions restart at 0 for each example, and no attention mask is passed: transformers then builds the
+    block-diagonal causal mask from the position ids (masking_utils.find_packed_sequence_indices), so no example
+    attends to another. The padded tail of a row is a segment of its own with IGNORE labels; rows up to `n_rows`
+    are padding only (a fixed shape for the compiled model). Returns the tensors and the count of padding tokens."""
+    shape = (max(len(rows), n_rows), seq_len)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)
+    positions = torch.arange(seq_len).repeat(shape[0], 1)
+    padding = (shape[0] - len(rows)) * seq_len
+    for r, row in enumerate(rows):
+        at = 0
+        for e in row:
+            n = len(e.input_ids)
+            ids[r, at:at + n] = torch.tensor(e.input_ids)
+            labels[r, at:at + n] = torch.tensor(e.labels)
+            positions[r, at:at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(seq_len - at)
+        padding += seq_len - at
+    on = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    return on(ids), on(positions), on(labels), padding
+
+
+def shifted_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token cross-entropy over the label tokens, in fp32 (compiled on CUDA: one fused pass over the
+    vocabulary-wide logits instead of an fp32 copy of them)."""
+    shift_logits = logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
+                                             labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
+
+
+def token_loss_sum(model, ids, mask, labels, autocast_dtype, position_ids=None, loss=shifted_loss_sum):
     """Sum (not mean) of next-token cross-entropy over the label tokens, in fp32."""
     with torch.autocast(device_type=ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                             shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+        # use_cache=False: with a cache, transformers does not derive the packed rows' block mask from the positions
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+    return loss(logits, labels)
 
 
 def n_targets(examples: Sequence[Example]) -> int:
     """Tokens the loss is taken over (labels shifted by one: the first label token of a sequence is never a
     target only if it sits at position 0, which the prompt prevents)."""
-    return sum(sum(1 for t in e.labels[1:] if t != IGNORE) for e in examples)
+    return sum(e.n_targets for e in examples)
 
 
 @torch.no_grad()
@@ -237,6 +292,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="--trainer oumi: processes (GPUs) oumi trains with, via torchrun in the oumi python; the "
                         "global batch stays --global-batch-size")
     p.add_argument("--no-save", action="store_true", help="skip writing OUT/model (benchmark runs)")
+    p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True,
+                   help="pack each rank's share of the step's examples into rows of --seq-len tokens (first-fit "
+                        "decreasing, per-example positions, no cross-example attention) instead of padding each "
+                        "example to the longest")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the model's forward (auto: on CUDA)")
     return p.parse_args(argv)
 
 
@@ -335,6 +396,9 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     else:
         ddp = model
+    compiled = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    forward = torch.compile(ddp) if compiled else ddp
+    loss = torch.compile(shifted_loss_sum) if compiled else shifted_loss_sum
     opt_kwargs = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95), **opt_kwargs)
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 10)
@@ -349,30 +413,44 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
     sampler, gpu_note = None, "device is cpu: no GPU to sample"
     if device.type == "cuda" and info.is_main:
         sampler = GpuUtilizationSampler(device.index)
-        if not sampler.start():
-            gpu_note, sampler = sampler.note, None
     # Rank-local counters kept on the device (no per-step host sync); summed over ranks at the end.
     step_losses = torch.zeros(args.max_steps, dtype=torch.float64, device=device)
-    tokens_local = samples_local = optimizer_steps = 0
-    warm_steps = min(2, args.max_steps - 1)  # steps excluded from the steady-state rate (allocator, autotuning)
+    tokens_local = samples_local = rows_local = padding_local = optimizer_steps = 0
+    # Steps excluded from the steady-state rate and from the GPU sampling: compilation, allocator, autotuning.
+    warm_steps = min(3 if compiled else 2, args.max_steps - 1)
     t_warm, tokens_warm = None, 0
     model.train()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    steps = list(global_batches(len(train), args.global_batch_size, args.max_steps, args.seed))
+    # Packed: this rank's share of every step laid out before the loop, padded to the most rows any step needs, so
+    # the compiled model sees one shape (no recompilation) and the loop does no packing.
+    packed = [pack([train[i] for i in batch_idx[info.rank::info.world_size]], args.seq_len)
+              for batch_idx in steps] if args.packing else []
+    rows_per_step = max(map(len, packed), default=0)
     distributed.barrier(info, device)
     t_train = time.perf_counter()
     try:
-        for step, batch_idx in enumerate(global_batches(len(train), args.global_batch_size, args.max_steps,
-                                                         args.seed)):
+        for step, batch_idx in enumerate(steps):
             if step == warm_steps:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t_warm, tokens_warm = time.perf_counter(), tokens_local
+                if sampler and not sampler.start():
+                    gpu_note, sampler = sampler.note, None
             global_examples = [train[i] for i in batch_idx]
             mine = global_examples[info.rank::info.world_size]
             denom = n_targets(global_examples)  # every rank knows the whole global batch: no communication
-            ids, mask, labels = collate(mine, pad_id, device)
-            loss_sum = token_loss_sum(ddp, ids, mask, labels, autocast_dtype)
+            if args.packing:
+                ids, positions, labels, padding = collate_packed(packed[step], args.seq_len, pad_id, device,
+                                                                 n_rows=rows_per_step)
+                loss_sum = token_loss_sum(forward, ids, None, labels, autocast_dtype, positions, loss)
+            else:
+                ids, mask, labels = collate(mine, pad_id, device)
+                padding = int(ids.numel() - sum(len(e.input_ids) for e in mine))
+                loss_sum = token_loss_sum(forward, ids, mask, labels, autocast_dtype, loss=loss)
+            rows_local += ids.shape[0]
+            padding_local += padding
             # DDP averages gradients over ranks: scale by world so the result is sum / global token count.
             (loss_sum * (info.world_size / denom)).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -416,7 +494,8 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
     divergence = distributed.max_divergence(fingerprint, info)
     # Each rank's own view (process group world size and backend, device, what its loop trained), gathered.
     records = distributed.gather_records(distributed.rank_record(
-        device, tokens_trained=tokens_local, samples_trained=samples_local, optimizer_steps=optimizer_steps))
+        device, tokens_trained=tokens_local, samples_trained=samples_local, optimizer_steps=optimizer_steps,
+        rows_trained=rows_local, padding_tokens=padding_local))
     ranks = distributed.summarize_ranks(records)
 
     if not info.is_main:
@@ -460,6 +539,11 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
                         for r in sorted(records, key=lambda r: r["rank"])],
         "tokens_note": "non-padding tokens (input_ids after truncation to seq_len) each rank fed to the model, "
                        "counted in its loop and summed over the ranks",
+        "packing": args.packing,
+        "compiled": compiled,
+        "rows_trained": sum(r["rows_trained"] for r in records),  # sequences of the batches fed to the model
+        "padding_fraction": round(sum(r["padding_tokens"] for r in records)
+                                  / max(1, sum(r["padding_tokens"] + r["tokens_trained"] for r in records)), 4),
         "tokens_per_second": round(tokens_per_second, 2),
         "tokens_per_second_after_warmup": round(steady_tps, 2) if steady_tps else None,
         "warmup_steps_excluded_from_rate": warm_steps,
@@ -478,7 +562,8 @@ def _run(args, info, device, backend, task, model_dir, data_dir, out_dir, starte
         "precision": "bf16 autocast, fp32 weights and AdamW" if autocast_dtype else "fp32",
         "num_threads_per_rank": torch.get_num_threads(),
         "gpu_utilization": gpu_util,
-        "gpu_utilization_note": gpu_note if gpu_note else "rank 0's GPU only",
+        "gpu_utilization_note": gpu_note or (f"rank 0's GPU only, sampled from step {warm_steps + 1} (after the "
+                                             f"warm-up steps) to the end of the loop"),
         "mfu": round(mfu, 5) if mfu is not None else None,
         "mfu_peak_flops": H200_BF16_DENSE_PEAK if device.type == "cuda" else None,
         "mfu_definition": "6 * parameters * tokens_per_second_after_warmup / (world_size * peak); parameters "
@@ -526,9 +611,13 @@ def oumi_config(args, model_dir: Path, data_dir: Path, model_out: Path) -> dict:
                          for n in TRAIN_FILES]
     train["seed"] = args.seed
     cfg["data"].pop("validation", None)  # held-out loss is measured here, on the same subset as --trainer torch
+    # Oumi pads each micro-batch to its longest record: beyond OUMI_MICRO_BATCH records a GPU's memory goes to
+    # padded logits, so a larger per-GPU share is accumulated over micro-batches (the global batch is unchanged).
+    per_rank = args.global_batch_size // args.oumi_nproc
+    micro = max(d for d in range(1, min(per_rank, OUMI_MICRO_BATCH) + 1) if per_rank % d == 0)
     training.update(output_dir=str(model_out), max_steps=args.max_steps, learning_rate=args.lr, seed=args.seed,
-                    data_seed=args.seed, per_device_train_batch_size=args.global_batch_size // args.oumi_nproc,
-                    gradient_accumulation_steps=1, logging_steps=1, eval_strategy="no")
+                    data_seed=args.seed, per_device_train_batch_size=micro,
+                    gradient_accumulation_steps=per_rank // micro, logging_steps=1, eval_strategy="no")
     if args.warmup_steps is not None:
         training.pop("warmup_ratio", None)
         training["warmup_steps"] = args.warmup_steps

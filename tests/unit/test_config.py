@@ -16,7 +16,8 @@ def test_defaults_are_the_embedded_smoke_profile():
 def test_full_profile_sizes_and_explicit_values_win():
     s = parse({"profile": "full", "storage": {"sizeMb": 10}})
     assert s.option("storage.size_mb") == 10 and s.option("slurm_probe.jobs") == 100
-    assert s.option("llm.max_steps") is None  # neither the stack nor the profile: the workload's default
+    assert s.option("llm.max_steps") == 100  # the profile's
+    assert s.option("llm.seq_len") is None  # neither the stack nor the profile: the workload's default
 
 
 def test_every_profile_value_names_a_real_setting():

@@ -66,7 +66,7 @@ def test_missing_dataset_file_is_named_before_anything_starts(tmp_path):
 def test_llm_settings_come_from_the_profile_unless_set():
     smoke = parse({})
     assert smoke.option("llm.max_steps") == 4 and smoke.llm.trainer == "oumi"
-    assert parse({"profile": "full"}).option("llm.max_steps") is None  # the workload's default
+    assert parse({"profile": "full"}).option("llm.seq_len") is None  # the workload's default
     assert parse({"llm": {"maxSteps": 7}}).option("llm.max_steps") == 7
 
 

@@ -188,6 +188,10 @@ def test_oumi_config_is_filled_in_from_the_cli(tmp_path, tiny_model_dir):
     assert cfg["data"]["train"]["train_target"] == "ALL_ASSISTANT_TURNS"
     assert "validation" not in cfg["data"]
     assert not any("/eval/" in d["dataset_path"] for d in cfg["data"]["train"]["datasets"])
+    # A per-GPU share above OUMI_MICRO_BATCH is accumulated: the same global batch in bounded memory.
+    args.global_batch_size, args.oumi_nproc = 128, 1
+    cfg = llm_finetune.oumi_config(args, tiny_model_dir, tmp_path, tmp_path / "o" / "model")
+    assert (cfg["training"]["per_device_train_batch_size"], cfg["training"]["gradient_accumulation_steps"]) == (32, 4)
 
 
 def test_tiny_end_to_end_run_writes_metrics_and_model(tmp_path, tiny_model_dir):
@@ -328,3 +332,31 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     assert llm_finetune.visible_gpus() == ["3", "5"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert llm_finetune.visible_gpus() == [str(i) for i in range(llm_finetune.torch.cuda.device_count())]
+
+
+def test_pack_fits_every_example_once_within_the_row_length():
+    examples = [llm_finetune.Example(list(range(n)), [llm_finetune.IGNORE] + list(range(1, n))) for n in
+                (5, 3, 7, 2, 6, 1, 4)]
+    rows = llm_finetune.pack(examples, 8)
+    assert sorted(id(e) for r in rows for e in r) == sorted(id(e) for e in examples)
+    assert all(sum(len(e.input_ids) for e in r) <= 8 for r in rows)
+    assert len(rows) == 4  # 28 tokens in rows of 8: first-fit decreasing needs the minimum, ceil(28 / 8)
+
+
+def test_packed_rows_give_the_padded_batch_s_loss(tiny_model_dir):
+    """The same examples, packed into rows (positions restart, no cross-example attention) or padded one per row,
+    give the same token-loss sum: packing changes the layout, never the objective."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    examples = llm_finetune.encode_all(tok, RECORDS, 64)
+    rows = llm_finetune.pack(examples, 160)
+    assert len(rows) < len(examples)  # the test really packs several examples into one row
+    ids, positions, labels, padding = llm_finetune.collate_packed(rows, 160, tok.pad_token_id, torch.device("cpu"))
+    assert padding == ids.numel() - sum(len(e.input_ids) for e in examples)
+    with torch.no_grad():
+        packed = llm_finetune.token_loss_sum(model, ids, None, labels, None, position_ids=positions)
+        padded = llm_finetune.token_loss_sum(model, *llm_finetune.collate(examples, tok.pad_token_id,
+                                                                          torch.device("cpu")), None)
+    assert torch.isclose(packed, padded, rtol=1e-5), (float(packed), float(padded))
