@@ -264,7 +264,8 @@ def main(argv: list[str]) -> int:
     outputs = json.loads(source.read_text())
     report = source.with_name("report.md")
     from stacks.tasks import TASKS  # the registry imports Pulumi
-    report.write_text(render(outputs, source.parent, TASKS, load_history(source.with_name(HISTORY_FILE))))
+    kept = source.with_name(HISTORY_FILE)
+    report.write_text(render(outputs, source.parent, TASKS, load_history(kept) if kept.exists() else None))
     print(f"report: {report} (verdict: {overall(outputs)['status']})")
     return 0
 
