@@ -77,6 +77,11 @@ def load_rules(path: Path = TARGETS_FILE) -> Rules:
         raise ValueError(f"{path.name}: history.{'.'.join(map(str, e['loc']))}: {e['msg']} "
                          f"(got {e.get('input')!r})") from None
     known = _targeted()
+    units = {unit for _, unit in known.values()}
+    for unit in rules.units:
+        if unit not in units:
+            raise ValueError(f"{path.name}: history.units.{unit}: no target has this unit (they have: "
+                             f"{', '.join(sorted(u for u in units if u))})")
     for name in rules.metrics:
         task, _, key = name.partition(".")
         if (task, key) not in known:
@@ -114,16 +119,16 @@ def load(path: Path) -> History:
     history = History()
     if not path.exists():
         return history
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             run = json.loads(line)
         except json.JSONDecodeError as exc:
-            history.skipped.append(f"line {number}: not JSON ({exc.msg})")
+            history.skipped.append(f"line {line_no}: not JSON ({exc.msg})")
             continue
         if not isinstance(run, dict) or not isinstance(run.get("tasks"), dict) or not run.get("timestamp"):
-            history.skipped.append(f"line {number}: not a run (no `timestamp` and `tasks`)")
+            history.skipped.append(f"line {line_no}: not a run (no `timestamp` and `tasks`)")
             continue
         history.runs.append(run)
     return history
