@@ -70,7 +70,7 @@ path, rc, seconds, commit, modified = sys.argv[1:]
 outputs = json.load(open(path))
 outputs["_run"] = {"action": "up", "exit_code": int(rc), "pulumi_seconds": float(seconds), "commit": commit or None,
                    "dirty": bool(modified),
-                   "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                   "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")}
 json.dump(outputs, open(path, "w"), indent=2)
 PY
     # Every run joins the stack's history (reports/<stack>/history.jsonl), which the report compares it with.
