@@ -134,3 +134,30 @@ def evaluation() -> Draw:
         ax.grid(alpha=0.3, axis="y")
         return _save(fig, path)
     return draw
+
+
+def alert_timeline() -> Draw:
+    """The injected fault's alert (`timeline`: polls of Prometheus' rule state and Alertmanager, seconds since the
+    fault), with the fault's start and end and the measured fire and resolve times."""
+    states = {"inactive": 0, "pending": 1, "firing": 2}
+
+    def draw(metrics: dict, path: Path) -> bool:
+        polls = [p for p in metrics.get("timeline") or [] if "prometheus" in p]
+        if not polls:
+            return False
+        events = [p for p in metrics["timeline"] if "event" in p]
+        fig, ax = plt.subplots(figsize=(7, 3))
+        t = [p["t"] for p in polls]
+        ax.step(t, [states.get(p["prometheus"], 0) for p in polls], where="post", label="Prometheus rule")
+        ax.step(t, [2.2 if p["alertmanager"] == "active" else -0.2 for p in polls], where="post",
+                label="Alertmanager active", linestyle="--")
+        for e in events:
+            ax.axvline(e["t"], color="grey", alpha=0.6)
+            ax.annotate(e["event"], (e["t"], 2.35), fontsize=7, rotation=0)
+        ax.set_yticks([-0.2, 0, 1, 2, 2.2], ["none", "inactive", "pending", "firing", "active"])
+        ax.set(xlabel="seconds since the fault", title=f"{metrics.get('alert')}: fired after "
+               f"{metrics.get('alert_fire_seconds')} s, resolved {metrics.get('alert_resolve_seconds')} s after the fix")
+        ax.legend(fontsize=7, loc="center right")
+        ax.grid(alpha=0.3)
+        return _save(fig, path)
+    return draw
