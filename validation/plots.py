@@ -153,11 +153,11 @@ def alert_timeline() -> Draw:
                 label="Alertmanager active", linestyle="--")
         for e in events:
             ax.axvline(e["t"], color="grey", alpha=0.6)
-            ax.annotate(e["event"], (e["t"], 2.35), fontsize=7, rotation=0)
+            ax.annotate(e["event"], (e["t"], 1.5), fontsize=7, rotation=90, ha="right", va="center")
         ax.set_yticks([-0.2, 0, 1, 2, 2.2], ["none", "inactive", "pending", "firing", "active"])
         ax.set(xlabel="seconds since the fault", title=f"{metrics.get('alert')}: fired after "
                f"{metrics.get('alert_fire_seconds')} s, resolved {metrics.get('alert_resolve_seconds')} s after the fix")
-        ax.legend(fontsize=7, loc="center right")
+        ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
         return _save(fig, path)
     return draw
