@@ -5,12 +5,14 @@ requests sent to a predictor are counted, and that an injected fault alerts in A
     python -m workloads.monitoring_check --prometheus URL --alertmanager URL --spec SPEC --out result.json
 
 SPEC (JSON): {"series": [PromQL selector, ...], "rules": N, "dashboards": [path, ...], "interval_s": 2,
-"traffic": {"url", "model", "requests"}, "fault": {"pid", "alert", "labels": {...}}, "timeout_s": 120}.
+"traffic": {"url", "model", "requests"}, "fault": {"pid", "alert", "labels": {...}},
+"job_fault": {"alert", "slurm_conf", "partition"}, "timeout_s": 120}.
 
 The fault is a predictor stopped (SIGSTOP to its process group: it stops answering, as a hung server does) and
 continued afterwards (SIGCONT), always, so its pid and state stay what Pulumi recorded and the tasks after it see
 it serving again. Times are from the signal to the alert being active in Alertmanager's API, and from the continue
-to the alert gone from it; the Prometheus states on the way (pending, firing) make the timeline.
+to the alert gone from it; the Prometheus states on the way (pending, firing) make the timeline. The second fault
+is a SLURM job made to fail (`exit 1`): from its end to SlurmJobFailures active, and to resolved.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.error
@@ -152,6 +155,35 @@ def inject(prometheus: str, alertmanager: str, fault: dict, timeout_s: float) ->
             "alert_resolve_seconds": resolve, "timeline": timeline}
 
 
+def fail_a_job(prometheus: str, alertmanager: str, fault: dict, timeout_s: float) -> dict:
+    """Submit a SLURM job that exits 1 (sbatch, SLURM_CONF from the spec) and time SlurmJobFailures from its end to
+    active in Alertmanager, then to resolved (the rule's window passing: nothing is left to undo)."""
+    name = fault["alert"]
+    quiet_before = not alert_active(alertmanager, name, {})
+    env = {**os.environ, "SLURM_CONF": fault["slurm_conf"]}
+    submitted = subprocess.run(["sbatch", "--parsable", f"--partition={fault['partition']}", "--job-name=monitoring-fault",
+                                "--output=/dev/null", "--time=1", "--wrap", "exit 1"],
+                               env=env, capture_output=True, text=True, timeout=30)
+    if submitted.returncode != 0:
+        raise CheckError(f"sbatch of the failing job: {submitted.stderr.strip()}")
+    job = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + timeout_s
+    state = ""
+    while time.monotonic() < deadline:
+        state = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={job}", "--format=%T"], env=env,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+        if state and state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+            break
+        time.sleep(0.25)
+    ended = time.monotonic()
+    timeline: list = [{"t": 0.0, "event": f"job {job} ended {state}"}]
+    fire = watch(prometheus, alertmanager, fault, True, ended, ended, timeout_s, timeline)
+    resolve = watch(prometheus, alertmanager, fault, False, ended, ended, timeout_s, timeline) if fire else None
+    return {"job_failure_alert": name, "job_failure_state": state, "job_failure_alert_quiet_before": quiet_before,
+            "job_failure_alert_fire_seconds": fire, "job_failure_alert_resolve_seconds": resolve,
+            "job_failure_timeline": timeline}
+
+
 def measure(prometheus: str, alertmanager: str, spec: dict) -> dict:
     interval, timeout_s = float(spec["interval_s"]), float(spec.get("timeout_s", 120))
     fresh_within = 3 * interval + 1  # three scrapes missed is stale
@@ -184,6 +216,7 @@ def measure(prometheus: str, alertmanager: str, spec: dict) -> dict:
         panels.append({**panel, "data": has_data(query(prometheus, panel["expr"]))})
 
     fault = inject(prometheus, alertmanager, spec["fault"], timeout_s) if spec.get("fault") else {}
+    job_fault = fail_a_job(prometheus, alertmanager, spec["job_fault"], timeout_s) if spec.get("job_fault") else {}
 
     def fraction(good: int, total: int) -> Optional[float]:
         return round(good / total, 4) if total else None
@@ -197,7 +230,7 @@ def measure(prometheus: str, alertmanager: str, spec: dict) -> dict:
         "panels_with_data_fraction": fraction(sum(p["data"] for p in panels), len(panels)), "panels": panels,
         "requests_counted_fraction": (fraction(int(requests_counted["counted"]), requests_counted["answered"])
                                       if requests_counted and requests_counted["answered"] else None),
-        "requests": requests_counted, **fault,
+        "requests": requests_counted, **fault, **job_fault,
     }
 
 

@@ -3,7 +3,8 @@ exporter and the SLURM exporter on 127.0.0.1 (stacks/monitoring/) scrape the pre
 the scheduler from the start of the run. After every other task is done, `workloads.monitoring_check` measures
 that every scrape target is up, the expected series exist with fresh samples, every rule loaded, each Grafana panel's
 query (charts/grafana/) returns data, requests sent to the MNIST predictor are counted, and that a predictor
-stopped (SIGSTOP) fires PredictorDown in Alertmanager, which resolves once it is continued: both times measured.
+stopped (SIGSTOP) fires PredictorDown in Alertmanager, which resolves once it is continued, and a SLURM job made to
+fail fires SlurmJobFailures, which resolves when the rule's window has passed: each time measured.
 """
 from __future__ import annotations
 
@@ -74,13 +75,15 @@ class PlatformMonitoring(Task):
             scrape_interval_s=s.monitoring.scrape_interval_seconds, slurm_conf=slurm_conf, targets=targets))
         watched = mnist or llm
         model = MNIST_NAME if mnist is not None else LLM_NAME
-        spec = pulumi.Output.all(watched.daemon.pid, watched.url).apply(lambda v: json.dumps({
+        spec = pulumi.Output.all(watched.daemon.pid, watched.url, slurm_conf).apply(lambda v: json.dumps({
             "series": series, "rules": sum(len(group["rules"]) for text in stack.rules.values()
                                            for group in yaml.safe_load(text)["groups"]),
             "dashboards": DASHBOARDS, "interval_s": s.monitoring.scrape_interval_seconds,
             "timeout_s": s.monitoring.alert_timeout_seconds,
             "traffic": {"url": v[1], "model": MNIST_NAME, "requests": TRAFFIC_REQUESTS} if mnist is not None else None,
-            "fault": {"pid": v[0], "alert": "PredictorDown", "labels": {"model_name": model}}}))
+            "fault": {"pid": v[0], "alert": "PredictorDown", "labels": {"model_name": model}},
+            "job_fault": {"alert": "SlurmJobFailures", "slurm_conf": v[2], "partition": s.hpc.partition}
+            if v[2] else None}))
         # After everything built before (the load tests above all): the fault must not hit a task still measuring.
         done_before = [r for name in run.built for r in run.after(name)]
         check = LocalRun("monitoring-check", {
