@@ -7,7 +7,7 @@
   since the exporter started, each counted once (finished jobs stay in squeue for MinJobAge, 300 s by default);
 - `slurm_job_queue_wait_seconds`: submit-to-start of every job seen started, observed once a job (a histogram),
   and `slurm_pending_wait_seconds_max`: how long the oldest pending job has waited;
-- `slurm_gres_configured` / `slurm_gres_allocated{node,gres}` (from CfgTRES / AllocTRES), `slurm_node_up{node,
+- `slurm_gres_configured` / `slurm_gres_allocated{node,gres}` (a node's Gres / GresUsed), `slurm_node_up{node,
   state}` (0 when the node is down, drained, failing or not responding), `slurm_node_cpus{node,kind}`;
 - `slurm_up`: whether the commands answered (the figures above are absent when they did not).
 """
@@ -61,18 +61,18 @@ def parse_jobs(text: str) -> list[dict]:
     return jobs
 
 
-def parse_tres(text: str) -> dict[str, int]:
-    """cpu=4,mem=1M,gres/gpu=2 -> {"gpu": 2}: the GRES counts of a TRES string."""
-    found = {}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        if key.startswith("gres/") and value.isdigit():
-            found[key.removeprefix("gres/")] = int(value)
+def parse_gres(text: str) -> dict[str, int]:
+    """gpu:2 / gpu:h200:1(IDX:0),shard:4 -> {"gpu": 1, "shard": 4}: counts by GRES name ((null) is none)."""
+    found: dict[str, int] = {}
+    for item in re.sub(r"\([^)]*\)", "", text).split(","):
+        parts = item.strip().split(":")
+        if len(parts) >= 2 and parts[-1].isdigit():
+            found[parts[0]] = found.get(parts[0], 0) + int(parts[-1])
     return found
 
 
 def parse_nodes(text: str) -> list[dict]:
-    """`scontrol show node --oneliner` -> [{name, state, up, gres, gres_used, cpus, cpus_alloc}]."""
+    """`scontrol show node --oneliner --details` -> [{name, state, up, gres, gres_used, cpus, cpus_alloc}]."""
     nodes = []
     for line in text.splitlines():
         fields = dict(re.findall(r"(\w+)=(\S*)", line))
@@ -81,7 +81,7 @@ def parse_nodes(text: str) -> list[dict]:
         state = fields.get("State", "UNKNOWN")
         flags = set(state.upper().split("+"))
         nodes.append({"name": fields["NodeName"], "state": state.lower(), "up": not flags & NODE_BAD,
-                      "gres": parse_tres(fields.get("CfgTRES", "")), "gres_used": parse_tres(fields.get("AllocTRES", "")),
+                      "gres": parse_gres(fields.get("Gres", "")), "gres_used": parse_gres(fields.get("GresUsed", "")),
                       "cpus": int(fields.get("CPUTot", 0) or 0), "cpus_alloc": int(fields.get("CPUAlloc", 0) or 0)})
     return nodes
 
@@ -97,7 +97,7 @@ class SlurmCollector(Collector):
 
     def read(self) -> tuple[list[dict], list[dict]]:
         jobs = parse_jobs(run([self.squeue, "--states=all", "--noheader", f"--format={SQUEUE_FORMAT}"]))
-        nodes = parse_nodes(run([self.scontrol, "show", "node", "--oneliner"]))
+        nodes = parse_nodes(run([self.scontrol, "show", "node", "--oneliner", "--details"]))
         return jobs, nodes
 
     def collect(self) -> Iterable:

@@ -11,10 +11,11 @@ SQUEUE = """12|COMPLETED|2026-12-02T05:00:00|2026-12-02T05:00:02
 14|PENDING|2026-12-02T05:00:10|N/A
 15|RUNNING|2026-12-02T05:00:10|2026-12-02T05:00:11
 """
-SCONTROL = ("NodeName=n1 Arch=x86_64 CoresPerSocket=1 CPUAlloc=2 CPUTot=4 CPULoad=0.5 Gres=gpu:2 "
-            "State=MIXED ThreadsPerCore=1 CfgTRES=cpu=4,mem=7000M,billing=4,gres/gpu=2 AllocTRES=cpu=2,gres/gpu=1\n"
-            "NodeName=n2 CPUAlloc=0 CPUTot=4 State=IDLE+DRAIN CfgTRES=cpu=4,gres/gpu=2 AllocTRES= "
-            "Reason=maintenance window [root@2026-12-02]\n")
+# `scontrol show node --oneliner --details` of SLURM 22.05 (the embedded node's line, shortened)
+SCONTROL = ("NodeName=n1 Arch=x86_64 CoresPerSocket=1 CPUAlloc=2 CPUTot=4 CPULoad=0.5 Gres=gpu:2 GresDrain=N/A "
+            "GresUsed=gpu:1(IDX:0) State=MIXED ThreadsPerCore=1 CfgTRES=cpu=4,mem=7000M,billing=4 AllocTRES=cpu=2\n"
+            "NodeName=n2 CPUAlloc=0 CPUTot=4 Gres=gpu:h200:2(S:0-1) GresUsed=gpu:h200:0(IDX:N/A) State=IDLE+DRAIN "
+            "CfgTRES=cpu=4 AllocTRES= Reason=maintenance window [root@2026-12-02]\n")
 
 
 class Fake(SlurmCollector):
@@ -57,6 +58,8 @@ def test_nodes_gres_and_state():
     assert got[("slurm_gres_configured", (("gres", "gpu"), ("node", "n1")))] == 2
     assert got[("slurm_gres_allocated", (("gres", "gpu"), ("node", "n1")))] == 1
     assert got[("slurm_gres_allocated", (("gres", "gpu"), ("node", "n2")))] == 0
+    assert got[("slurm_gres_configured", (("gres", "gpu"), ("node", "n2")))] == 2
+    assert got[("slurm_node_cpus", (("kind", "allocated"), ("node", "n1")))] == 2
 
 
 def test_a_scheduler_that_does_not_answer_is_slurm_up_0():
