@@ -85,7 +85,7 @@ class PlatformMonitoring(Task):
             "job_fault": {"alert": "SlurmJobFailures", "slurm_conf": v[2], "partition": s.hpc.partition}
             if v[2] else None}))
         # After everything built before (the load tests above all): the fault must not hit a task still measuring.
-        done_before = [r for name in run.built for r in run.after(name)]
+        done_before = run.after(*run.built)
         check = LocalRun("monitoring-check", {
             "name": "monitoring check", "module": "workloads.monitoring_check",
             "args": spec.apply(lambda text: ["--prometheus", stack.prometheus_url,
