@@ -195,6 +195,7 @@ def measure(prometheus: str, alertmanager: str, spec: dict) -> dict:
 
     traffic, requests_counted = spec.get("traffic"), None
     if traffic:
+        time.sleep(2 * interval + 0.5)  # a scrape after whatever the predictor answered before (a load test's tail)
         before, sent = counted(prometheus, traffic["model"]), int(traffic["requests"])
         answered = 0
         for part in (sent // 2, sent - sent // 2):  # two scrapes apart: a rate over them has two samples to compare
