@@ -92,6 +92,10 @@ class Run:
             self._fixtures[name] = make(self)
         return self._fixtures[name]
 
+    def made(self, name: str) -> Any:
+        """A fixture an earlier task made, or None (what the monitoring task watches)."""
+        return self._fixtures.get(name)
+
     def dataset(self, folder: str) -> Dataset:
         """The folder of datasetsDir, with every file the enabled tasks need of it, staged once on shared storage."""
         def stage(run: "Run") -> Dataset:

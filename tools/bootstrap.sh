@@ -24,11 +24,19 @@ stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
 # -- Debian packages ---------------------------------------------------------------------------------
 APT_PACKAGES="slurm-wlm munge openssh-server openssh-client rsync systemd"  # systemd: the schedule's units
+# The monitoring task (stacks/monitoring/): Prometheus (and promtool, for the rules' unit tests), Alertmanager and
+# the node exporter, started by `pulumi up` on 127.0.0.1, never as the packages' own services.
+MONITORING_PACKAGES="prometheus prometheus-alertmanager prometheus-node-exporter"
+APT_PACKAGES="$APT_PACKAGES $MONITORING_PACKAGES"
 if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
   step "Debian packages: $APT_PACKAGES"
   if [ "$(id -u)" != 0 ]; then echo "bootstrap: installing Debian packages needs root" >&2; exit 1; fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null
+  # Under systemd the packages enable their services, listening on every interface (9090, 9093, 9100): stop them.
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter >/dev/null 2>&1 || true
+  fi
 fi
 
 # -- Python environments -----------------------------------------------------------------------------

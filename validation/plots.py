@@ -161,3 +161,30 @@ def trends(title: str, series: dict[str, list[tuple[int, float]]], path: Path,
         ax.axis("off")
     fig.suptitle(f"{title}: figures over the runs (run number; dashed: targets)", fontsize=9)
     return _save(fig, path)
+
+
+def alert_timeline() -> Draw:
+    """The injected fault's alert (`timeline`: polls of Prometheus' rule state and Alertmanager, seconds since the
+    fault), with the fault's start and end and the measured fire and resolve times."""
+    states = {"inactive": 0, "pending": 1, "firing": 2}
+
+    def draw(metrics: dict, path: Path) -> bool:
+        polls = [p for p in metrics.get("timeline") or [] if "prometheus" in p]
+        if not polls:
+            return False
+        events = [p for p in metrics["timeline"] if "event" in p]
+        fig, ax = plt.subplots(figsize=(7, 3))
+        t = [p["t"] for p in polls]
+        ax.step(t, [states.get(p["prometheus"], 0) for p in polls], where="post", label="Prometheus rule")
+        ax.step(t, [2.2 if p["alertmanager"] == "active" else -0.2 for p in polls], where="post",
+                label="Alertmanager active", linestyle="--")
+        for e in events:
+            ax.axvline(e["t"], color="grey", alpha=0.6)
+            ax.annotate(e["event"], (e["t"], 1.5), fontsize=7, rotation=90, ha="right", va="center")
+        ax.set_yticks([-0.2, 0, 1, 2, 2.2], ["none", "inactive", "pending", "firing", "active"])
+        ax.set(xlabel="seconds since the fault", title=f"{metrics.get('alert')}: fired after "
+               f"{metrics.get('alert_fire_seconds')} s, resolved {metrics.get('alert_resolve_seconds')} s after the fix")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+        return _save(fig, path)
+    return draw

@@ -11,6 +11,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from stacks.k8s.credentials import S3Access, S3AccessArgs
+from stacks.k8s.dashboards import dashboards_config_map
 from stacks.k8s.gpu import GpuNodes, GpuNodesArgs
 from stacks.k8s.inference import (InferenceServices, InferenceServicesArgs, inference_service_body,
                                   serving_runtime_body, served_models)
@@ -49,6 +50,7 @@ class KubernetesServing(pulumi.ComponentResource):
         self.namespace = k8s.core.v1.Namespace(f"{name}-namespace", k8s.core.v1.NamespaceInitArgs(
             metadata=k8s.meta.v1.ObjectMetaArgs(name=k.namespace, labels=dict(PART_OF))), child)
         ns = self.namespace.metadata.name  # an Output: everything in it waits for the namespace
+        self.dashboards = dashboards_config_map(f"{name}-dashboards", ns, child)
         self.s3 = S3Access(f"{name}-s3", S3AccessArgs(
             namespace=ns, access_key=k.minio.root_user, secret_key=args.minio_root_password, region=k.minio.region),
             child)

@@ -90,7 +90,8 @@ class MinioServer(pulumi.ComponentResource):
                 "name": "MinIO server",
                 "argv": [minio_binary(args.binary), "server", data, "--address", f"127.0.0.1:{args.port}",
                          "--console-address", f"127.0.0.1:{args.port + 1}", "--quiet"],
-                "env": {"MINIO_BROWSER": "off", "MINIO_UPDATE": "off"},
+                # Its Prometheus metrics without a bearer token, for the monitoring task: it listens on 127.0.0.1 only.
+                "env": {"MINIO_BROWSER": "off", "MINIO_UPDATE": "off", "MINIO_PROMETHEUS_AUTH_TYPE": "public"},
                 "secret_env": pulumi.Output.all(access, secret).apply(
                     lambda v: {"MINIO_ROOT_USER": v[0], "MINIO_ROOT_PASSWORD": v[1]}),
                 "ready_url": f"{url}/minio/health/ready", "ready_timeout_s": 60,

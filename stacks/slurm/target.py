@@ -42,6 +42,7 @@ class HpcTarget(pulumi.ComponentResource):
                     lambda v: {"kind": "ssh", "host": "127.0.0.1", "port": v[0], "user": "root",
                                "private_key": v[1], "known_hosts": v[2]})
             self.cluster_id = cluster.id_
+            self.slurm_conf = cluster.slurm_conf  # what this machine's SLURM commands read (the monitoring task)
             # The login node as a site stack would name it (the integration tests point one at it).
             self.login = cluster.ssh_port.apply(lambda p: {"host": "127.0.0.1", "port": p, "user": "root"})
             self.login_private_key = cluster.private_key
@@ -56,6 +57,7 @@ class HpcTarget(pulumi.ComponentResource):
                              "private_key": key, "connect_timeout": ssh.connect_timeout_seconds,
                              "known_hosts": ssh.known_hosts_file})
             self.cluster_id = pulumi.Output.from_input(f"{ssh.user}@{ssh.host}:{ssh.port}")
+            self.slurm_conf = None
             shared = pulumi.Output.from_input(s.shared_storage(args.stack))
             self.login = self.login_private_key = self.login_known_hosts = None
             self.where = pulumi.Output.from_input(f"SLURM login node {ssh.user}@{ssh.host}:{ssh.port}")

@@ -47,4 +47,5 @@ class LlmInference(Task):
             predictor=predictor, example="llm-v1", model_name=LLM_NAME, stages=s.option("serving.llm.stages"),
             stage_seconds=s.option("serving.llm.stage_seconds"), timeout_s=120))
         metrics = served(load.result, predictor, kubernetes(run), LLM_NAME)
-        return Measured(metrics=metrics, observed=metrics.apply(lambda m: devices(predictor=m)), done=[load])
+        return Measured(metrics=metrics, observed=metrics.apply(lambda m: devices(predictor=m)), done=[load],
+                        provides={"predictor": predictor})  # watched by the monitoring task

@@ -97,6 +97,7 @@ def wait_for_no_leftovers(state_dirs: list[str], ports: list[int], seconds: floa
 
 ITEST_PORTS = [26817, 26818, 26819]
 ITEST_PORTS += list(range(26900, 26905))  # serving: MinIO (+console), MLflow, MNIST, LLM predictors
+ITEST_PORTS += list(range(26950, 26954))  # monitoring: Prometheus, Alertmanager, node and SLURM exporters
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +123,7 @@ def itest_stack():
         assert not left, f"left running after pulumi destroy: {left}"
         assert not (STATE_ROOT / ITEST).exists(), "state folder left behind"
         assert not (STATE_ROOT / f"{ITEST}-serving").exists(), "serving state folder left behind"
+        assert not (STATE_ROOT / f"{ITEST}-monitoring").exists(), "monitoring state folder left behind"
 
 
 @pytest.fixture(scope="session")

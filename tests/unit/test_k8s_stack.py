@@ -233,3 +233,14 @@ def test_a_missing_kubeconfig_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(pulumi.RunError, match=r"kubernetes.kubeconfig: no such file: .*/nowhere"):
         kubeconfig_text(str(tmp_path / "nowhere"))
+
+
+def test_the_grafana_dashboards_are_a_config_map_for_the_sidecar(default):
+    recorder, _ = default
+    maps = recorder.named("kubernetes:core/v1:ConfigMap")
+    board = maps["mlops-validation-dashboards"]
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert set(board["data"]) == {"node.json", "predictors.json", "slurm.json"}
+    for text in board["data"].values():
+        panels = json.loads(text)["panels"]
+        assert panels and all(t["expr"] for p in panels for t in p["targets"])

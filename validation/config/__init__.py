@@ -15,13 +15,14 @@ from pydantic import Field, ValidationError, field_validator
 from validation.config.base import PROJECT, REPO_ROOT, ConfigError, Section
 from validation.config.hpc import Container, EmbeddedCluster, Hpc, SshTarget
 from validation.config.kubernetes import (GPU_RESOURCE, GpuOperator, InferenceServiceSettings, Kubernetes)
+from validation.config.monitoring import Monitoring
 from validation.config.oumi import Oumi
 from validation.config.profiles import PROFILES
 from validation.config.serving import LOAD_STAGE, ServedLlm, ServedModel, Serving, ServingMinio
 from validation.config.training import Cifar, Llm, Mnist, SlurmProbe, StorageCheck
 
 __all__ = ["PROJECT", "REPO_ROOT", "ConfigError", "Settings", "parse", "task_names", "Container", "EmbeddedCluster",
-           "Hpc", "SshTarget", "GPU_RESOURCE", "GpuOperator", "InferenceServiceSettings", "Kubernetes", "Oumi",
+           "Hpc", "SshTarget", "GPU_RESOURCE", "GpuOperator", "InferenceServiceSettings", "Kubernetes", "Monitoring", "Oumi",
            "LOAD_STAGE", "ServedLlm", "ServedModel", "Serving", "ServingMinio", "Cifar", "Llm", "Mnist",
            "SlurmProbe", "StorageCheck", "PROFILES"]
 
@@ -46,6 +47,7 @@ class Settings(Section):
     kubernetes: Optional[Kubernetes] = None  # a real cluster's serving stack (stacks/k8s/)
     serving: Serving = Serving()  # the embedded serving stack (MLOPS-4.1, 4.2, 5.1)
     oumi: Oumi = Oumi()  # MLOPS-3.1, 3.2
+    monitoring: Monitoring = Monitoring()  # the monitoring task (stacks/monitoring/)
 
     @field_validator("tasks")
     @classmethod
@@ -80,6 +82,9 @@ class Settings(Section):
 
     def serving_state_dir(self, stack: str) -> str:
         return self.serving.state_dir or f"/tmp/mlops-validation/{stack}-serving"
+
+    def monitoring_state_dir(self, stack: str) -> str:
+        return self.monitoring.state_dir or f"/tmp/mlops-validation/{stack}-monitoring"
 
     def cluster_python(self) -> str:
         if self.hpc.python:

@@ -85,10 +85,41 @@ def bind_host(host: str) -> None:
     rest_server.RESTServer.__init__ = init_with_host
 
 
+def count_requests(model) -> None:
+    """Count MODEL's inference requests by outcome on its /metrics (`predictor_requests_total{model_name, outcome}`:
+    ok, invalid for a rejected request (4xx), error for a failure of the server (5xx)): KServe exports latency
+    histograms but no errors, and the error-rate alert (monitoring/rules/) needs both."""
+    import functools
+
+    from kserve.errors import InvalidInput
+    from prometheus_client import Counter
+
+    requests = Counter("predictor_requests", "inference requests by outcome", ["model_name", "outcome"])
+    for outcome in ("ok", "invalid", "error"):
+        requests.labels(model.name, outcome)  # every outcome exported from the start, at 0
+    predict = model.predict
+
+    @functools.wraps(predict)
+    async def predict_counted(*args, **kwargs):
+        outcome = "error"
+        try:
+            result = await predict(*args, **kwargs)
+            outcome = "ok"
+            return result
+        except InvalidInput:
+            outcome = "invalid"
+            raise
+        finally:
+            requests.labels(model.name, outcome).inc()
+
+    model.predict = predict_counted
+
+
 def serve(model, host: str, http_port: int) -> None:
     """Run KServe's ModelServer (REST only, one worker) with MODEL, on HOST:PORT."""
     from kserve import ModelServer
 
     bind_host(host)
+    count_requests(model)
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # one line a request otherwise
     ModelServer(http_port=http_port, enable_grpc=False, workers=1).start([model])
