@@ -115,7 +115,8 @@ def test_scenario_counts_failures_only_inside_the_fault():
         {"kind": "faulty", "result": {"outcome": "rolled_back", "registered_at": 14.0, "switched_at": 19.9,
                                       "switched_back_at": 21.2, "rollback_seconds": 1.2, "detection_seconds": 0.1,
                                       "champion_after": 2, "previous_champion": 2}}]
-    m = pipeline.scenario_figures(candidates, records, {"champion": 2, "serving": {"version": 2}, "events": []},
+    m = pipeline.scenario_figures(candidates, records, {"champion": 2, "alias_version": 2, "serving": {"version": 2},
+                                                      "events": []},
                                   1, 0.0, 31.0)
     assert m["rollout_failed_requests"] == 0 and m["good_candidate_promoted"]
     assert m["bad_candidate_rejected"] and m["champion_kept_after_rejection"]

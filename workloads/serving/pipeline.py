@@ -500,8 +500,9 @@ def scenario_main(args) -> int:
             time.sleep(args.warmup_seconds)
             plan = [("good", args.good, None), ("bad", args.bad, None), ("faulty", args.good, "kill")]
             for kind, model, fault in plan:
+                trained = Path(model).with_name("metrics.json")  # the candidate's training job's figures
                 reg = register(args.tracking_uri, Path(model), args.name, "mlops-validation", None, "pickle",
-                               {"candidate": 1.0})
+                               json.loads(trained.read_text()) if trained.is_file() else {})
 
                 def inject(serving: dict) -> None:
                     os.kill(serving["pid"], signal.SIGKILL)  # the new predictor crashes right after the switch
@@ -521,7 +522,10 @@ def scenario_main(args) -> int:
                 locust.kill()
             locust_log.close()
         records = read_request_log(request_log)
+    from mlflow import MlflowClient
+
     final = get_status(router)
+    final["alias_version"] = int(MlflowClient(args.tracking_uri).get_model_version_by_alias(args.name, "champion").version)
     result = scenario_figures(candidates, records, final, champion, load_started, load_stopped)
     result["load"] = {"stage": args.stage.name, "requests": len(records),
                       "failed_requests": sum(1 for r in records if not r["ok"]),
@@ -537,6 +541,7 @@ def scenario_figures(candidates: list[dict], records: list[dict], final: dict, f
     """The figures MLOPS-5.2's targets judge, from the candidates' outcomes and the load test's requests."""
     by_kind = {c["kind"]: c for c in candidates}
     out: dict = {"first_champion": first_champion, "final_champion": final.get("champion"),
+                 "final_alias_version": final.get("alias_version"),
                  "final_serving_version": (final.get("serving") or {}).get("version"), "candidates": candidates}
     good, bad, faulty = (by_kind.get(k, {}).get("result", {}) for k in ("good", "bad", "faulty"))
     if good:
@@ -559,7 +564,8 @@ def scenario_figures(candidates: list[dict], records: list[dict], final: dict, f
                    rollback_detection_seconds=faulty.get("detection_seconds"),
                    fault_failed_requests=window["failed_requests"],
                    alias_restored_after_rollback=faulty.get("champion_after") == faulty.get("previous_champion")
-                   and final.get("champion") == faulty.get("previous_champion"))
+                   and final.get("alias_version") == faulty.get("previous_champion")
+                   and out["final_serving_version"] == faulty.get("previous_champion"))
     # Outside the injected fault (from its switch to the switch back), not one request may fail.
     fault_window = (faulty.get("switched_at"), faulty.get("switched_back_at")) if faulty else (None, None)
     outside = [r for r in records if not (fault_window[0] and fault_window[0] <= r["start"] <= fault_window[1])]
