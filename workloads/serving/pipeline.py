@@ -383,13 +383,16 @@ class Controller:
             self.router.switch(old)
             switched_back = time.time()
             c.set_registered_model_alias(name, self.s.alias, str(old.version))
+            alias_restored = time.time()
             c.set_model_version_tag(name, str(version), "validation_status", "rolled_back")
             self.router.drain(new, timeout_s=2.0)
             self.predictors.stop(new)
             first_failure = new.first_failure_at or detected_at
+            # Rolled back = the previous version serves again AND the alias names it again.
             outcome.update(outcome="rolled_back", champion_after=old.version, new_backend=new.summary(),
                            first_failure_at=first_failure, detected_at=detected_at, switched_back_at=switched_back,
-                           rollback_seconds=round(switched_back - first_failure, 3),
+                           alias_restored_at=alias_restored, rollback_seconds=round(alias_restored - first_failure, 3),
+                           router_rollback_seconds=round(switched_back - first_failure, 3),
                            detection_seconds=round(detected_at - first_failure, 3))
             self.event(version, "rolled_back", to_version=old.version, failed=new.failed, ok=new.ok,
                        rollback_seconds=outcome["rollback_seconds"])
@@ -561,6 +564,7 @@ def scenario_figures(candidates: list[dict], records: list[dict], final: dict, f
         window = requests_between(records, faulty["registered_at"], faulty.get("switched_back_at") or load_stopped)
         out.update(faulty_outcome=faulty.get("outcome"), rolled_back_on_errors=faulty.get("outcome") == "rolled_back",
                    rollback_seconds=faulty.get("rollback_seconds"),
+                   router_rollback_seconds=faulty.get("router_rollback_seconds"),
                    rollback_detection_seconds=faulty.get("detection_seconds"),
                    fault_failed_requests=window["failed_requests"],
                    alias_restored_after_rollback=faulty.get("champion_after") == faulty.get("previous_champion")
