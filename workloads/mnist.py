@@ -279,8 +279,7 @@ def main(argv=None) -> int:
     scripted = torch.jit.script(copy.deepcopy(model).cpu())  # CPU weights: the file loads anywhere
     scripted.save(str(model_path))
     # The artifact is what gets shipped, so prove the file on disk scores the same.
-    reloaded = torch.jit.load(str(model_path), map_location=device)
-    reevaluated_accuracy = evaluate(reloaded, x_test, y_test, device)
+    reevaluated_accuracy = evaluate(torch.jit.load(str(model_path), map_location=device), x_test, y_test, device)
     predictions = write_predictions(str(model_path), x_test[:args.fixed_inputs], out_dir / "predictions.json")
     print(f"test accuracy {test_accuracy:.4f} (reloaded TorchScript: {reevaluated_accuracy:.4f}), "
           f"train {train_seconds:.1f}s", flush=True)
