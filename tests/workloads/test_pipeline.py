@@ -32,12 +32,15 @@ def held_out(n: int = 50):
 
 
 class StandInPredictors:
-    """Backends without processes; a version in `failing` answers every request routed to it with an error."""
+    """Backends without processes; a version in `failing` answers every request routed to it with an error, one in
+    `broken` never starts."""
 
-    def __init__(self, failing: set[int]):
-        self.failing, self.running, self.stopped = failing, {}, []
+    def __init__(self, failing: set[int], broken: set[int]):
+        self.failing, self.broken, self.running, self.stopped = failing, broken, {}, []
 
     def start(self, version: int, storage_uri: str, model_file: str) -> pipeline.Backend:
+        if version in self.broken:
+            raise RuntimeError(f"predictor of version {version} did not become ready")
         backend = pipeline.Backend(version=version, url=storage_uri, port=version)
         if version in self.failing:
             for _ in range(5):
@@ -74,7 +77,7 @@ def test_failing_candidates_are_rolled_back_and_a_good_one_promoted(tmp_path, mo
 
     add(good, "champion")
     images, labels = held_out()
-    predictors = StandInPredictors(failing={3})
+    predictors = StandInPredictors(failing={3}, broken={5})
     settings = pipeline.PipelineSettings(tracking_uri=uri, name="digits", destination="unused", bake_seconds=0.2)
     router = pipeline.Router()
     controller = pipeline.Controller(settings, pipeline.Gate(images, labels, min_accuracy=0.95, max_drop=0.005),
@@ -102,6 +105,11 @@ def test_failing_candidates_are_rolled_back_and_a_good_one_promoted(tmp_path, mo
     assert controller.outcomes[4]["outcome"] == "serving" and controller.outcomes[4]["trigger_to_serving_seconds"] > 0
     assert alias() == 4 and router.backend.version == 4 and predictors.running.keys() == {4}
     assert int(client.get_model_version_by_alias("digits", "previous").version) == 1
+
+    assert add(good) == 5  # its predictor never becomes ready: the alias goes back, v4 never stopped serving
+    controller.poll_once()
+    assert controller.outcomes[5]["outcome"] == "rolled_back" and "did not become ready" in controller.outcomes[5]["reason"]
+    assert alias() == 4 and router.backend.version == 4 and predictors.running.keys() == {4}
 
 
 def test_scenario_counts_failures_only_inside_the_fault():

@@ -323,7 +323,12 @@ class Controller:
         for v in self.versions():
             if int(v.version) > self.seen:
                 self.seen = int(v.version)
-                self.handle(int(v.version), v.creation_timestamp / 1000.0)
+                try:
+                    self.handle(int(v.version), v.creation_timestamp / 1000.0)
+                except Exception as exc:  # e.g. the registry unreachable mid-way: said, and the next version handled
+                    self.outcomes[int(v.version)] = {"outcome": "error", "reason": f"{type(exc).__name__}: {exc}",
+                                                     "champion_after": self.champion}
+                    self.event(int(v.version), "error", reason=self.outcomes[int(v.version)]["reason"])
 
     def run(self) -> None:
         while not self._stop.is_set():
@@ -361,7 +366,15 @@ class Controller:
         self.event(version, "promoted", alias=self.s.alias)
         rollout_started = time.time()
         self.event(version, "rollout_started")
-        new = self.deploy_alias()
+        try:
+            new = self.deploy_alias()
+        except Exception as exc:  # the candidate's predictor never became ready: the old one never stopped serving
+            c.set_registered_model_alias(name, self.s.alias, str(self.champion))
+            c.set_model_version_tag(name, str(version), "validation_status", "rolled_back")
+            outcome.update(outcome="rolled_back", champion_after=self.champion, reason=f"{type(exc).__name__}: {exc}")
+            self.event(version, "rolled_back", to_version=self.champion, reason=outcome["reason"])
+            self.outcomes[version] = outcome
+            return outcome
         self.router.switch(new)
         switched_at = time.time()
         self.event(version, "switched", port=new.port, pid=new.pid, cold_start_seconds=new.cold_start_seconds,
