@@ -271,6 +271,9 @@ class Controller:
         # models:/<name>@<alias> -> storage_uri, model_file, version (the registry's S3 URI, checked in MinIO)
         self.resolve = resolve or resolve_in_minio
         self.work_dir = work_dir
+        import mlflow
+
+        mlflow.set_tracking_uri(settings.tracking_uri)  # models:/ URIs resolve against this registry, not ./mlruns
         self.client = MlflowClient(tracking_uri=settings.tracking_uri)
         self.events: list[dict] = []
         self.outcomes: dict[int, dict] = {}
@@ -327,6 +330,7 @@ class Controller:
                     self.handle(int(v.version), v.creation_timestamp / 1000.0)
                 except Exception as exc:  # e.g. the registry unreachable mid-way: said, and the next version handled
                     self.outcomes[int(v.version)] = {"outcome": "error", "reason": f"{type(exc).__name__}: {exc}",
+                                                     "registered_at": v.creation_timestamp / 1000.0,
                                                      "champion_after": self.champion}
                     self.event(int(v.version), "error", reason=self.outcomes[int(v.version)]["reason"])
 
@@ -562,19 +566,19 @@ def scenario_figures(candidates: list[dict], records: list[dict], final: dict, f
     good, bad, faulty = (by_kind.get(k, {}).get("result", {}) for k in ("good", "bad", "faulty"))
     if good:
         end = good.get("rollout_done") or load_stopped
-        window = requests_between(records, good["registered_at"], end)
+        window = requests_between(records, good.get("registered_at", load_started), end)
         out.update(good_outcome=good.get("outcome"), trigger_to_serving_seconds=good.get("trigger_to_serving_seconds"),
                    rollout_requests=window["requests"], rollout_failed_requests=window["failed_requests"],
                    good_candidate_promoted=good.get("outcome") == "serving")
     if bad:
-        window = requests_between(records, bad["registered_at"], bad.get("decided_at") or load_stopped)
+        window = requests_between(records, bad.get("registered_at", load_started), bad.get("decided_at") or load_stopped)
         out.update(bad_outcome=bad.get("outcome"), bad_candidate_rejected=bad.get("outcome") == "rejected",
                    rejection_seconds=bad.get("decision_seconds"),
-                   bad_candidate_accuracy=bad["gate"]["candidate_accuracy"],
+                   bad_candidate_accuracy=(bad.get("gate") or {}).get("candidate_accuracy"),
                    champion_kept_after_rejection=bad.get("champion_after") == bad.get("previous_champion"),
                    rejection_failed_requests=window["failed_requests"])
     if faulty:
-        window = requests_between(records, faulty["registered_at"], faulty.get("switched_back_at") or load_stopped)
+        window = requests_between(records, faulty.get("registered_at", load_started), faulty.get("switched_back_at") or load_stopped)
         out.update(faulty_outcome=faulty.get("outcome"), rolled_back_on_errors=faulty.get("outcome") == "rolled_back",
                    rollback_seconds=faulty.get("rollback_seconds"),
                    router_rollback_seconds=faulty.get("router_rollback_seconds"),
