@@ -147,8 +147,9 @@ def rollout() -> Draw:
         if not line or not line.get("second"):
             return False
         fig, ax = plt.subplots(figsize=(9, 3.2))
-        ax.plot(line["second"], line["ok"], label="correct answers/s", color="tab:blue")
-        ax.bar(line["second"], line["failed"], label="failed requests/s", color="tab:red", alpha=0.7)
+        middle = [t + 0.5 for t in line["second"]]  # each count is of the second [t, t + 1)
+        ax.plot(middle, line["ok"], label="correct answers/s", color="tab:blue")
+        ax.bar(middle, line["failed"], width=1.0, label="failed requests/s", color="tab:red", alpha=0.7)
         labelled = set()
         for e in line.get("events", []):
             if e["event"] in marks:
