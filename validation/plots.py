@@ -185,6 +185,32 @@ def alert_timeline() -> Draw:
         ax.set(xlabel="seconds since the fault", title=f"{metrics.get('alert')}: fired after "
                f"{metrics.get('alert_fire_seconds')} s, resolved {metrics.get('alert_resolve_seconds')} s after the fix")
         ax.legend(fontsize=7, loc="lower right")
+
+
+def rollout() -> Draw:
+    """MLOPS-5.2 under load: correct and failed answers a second through the router, with the pipeline's events
+    (each candidate's registration, gate, switch, rollback) marked (`timeline`)."""
+    marks = {"triggered": ("registered", "tab:gray"), "rejected": ("rejected", "tab:red"),
+             "switched": ("switched", "tab:green"), "rolled_back": ("rolled back", "tab:orange")}
+
+    def draw(metrics: dict, path: Path) -> bool:
+        line = metrics.get("timeline")
+        if not line or not line.get("second"):
+            return False
+        fig, ax = plt.subplots(figsize=(9, 3.2))
+        middle = [t + 0.5 for t in line["second"]]  # each count is of the second [t, t + 1)
+        ax.plot(middle, line["ok"], label="correct answers/s", color="tab:blue")
+        ax.bar(middle, line["failed"], width=1.0, label="failed requests/s", color="tab:red", alpha=0.7)
+        labelled = set()
+        for e in line.get("events", []):
+            if e["event"] in marks:
+                text, color = marks[e["event"]]
+                ax.axvline(e["t"], color=color, ls="--", lw=1, label=None if text in labelled else text)
+                ax.annotate(f"v{e['version']}", (e["t"], ax.get_ylim()[1] * 0.92), fontsize=7, color=color)
+                labelled.add(text)
+        ax.set(xlabel="seconds since the load started", ylabel="requests",
+               title="rollout under load: good candidate, shuffled-label candidate, crash after rollout")
+        ax.legend(fontsize=7, loc="lower left")
         ax.grid(alpha=0.3)
         return _save(fig, path)
     return draw

@@ -182,6 +182,20 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, sched, images: torch.Ten
     return loss_curve
 
 
+@torch.inference_mode()
+def write_predictions(model_path: str, images: torch.Tensor, path: Path) -> dict:
+    """The saved file's own answers on fixed inputs (the first test images, pixel / 255): what any deployment of
+    this file must reproduce. On CPU, as the predictors run it, so that a GPU job's TF32 convolutions do not blur
+    the comparison; logits kept at full float32 precision (JSON floats round-trip exactly)."""
+    device = torch.device("cpu")
+    logits = torch.jit.load(model_path, map_location=device)(images.unsqueeze(1).float().div_(255))
+    doc = {"inputs": f"MNIST t10k images 0..{len(images) - 1}, uint8 pixel / 255, shape [N, 1, 28, 28]",
+           "count": len(images), "digits": logits.argmax(1).tolist(), "logits": logits.tolist(),
+           "device": device.type}
+    write_json_atomic(path, doc)
+    return {"path": str(path.resolve()), "count": len(images), "sha256": sha256_file(path)}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="MLOPS-1.1: train a CNN on MNIST, export TorchScript, write metrics.json")
     p.add_argument("--data-dir", required=True, help="folder with the four MNIST *-ubyte.gz files")
@@ -195,6 +209,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch intra-op threads (default: the CPUs this process may run on, e.g. SLURM's cpuset)")
     p.add_argument("--max-train-samples", type=positive_int, default=None,
                    help="train on the first N training images only (for quick tests)")
+    p.add_argument("--shuffle-labels", action="store_true",
+                   help="train on randomly permuted labels: a deliberately bad model (MLOPS-5.2's rejected candidate)")
+    p.add_argument("--fixed-inputs", type=positive_int, default=100,
+                   help="write the saved model's predictions on the first N test images (predictions.json), "
+                        "which a deployment of this model must reproduce (MLOPS-5.1)")
     return p.parse_args(argv)
 
 
@@ -218,7 +237,10 @@ def main(argv=None) -> int:
         min(args.max_train_samples, len(data["train_labels"]))
     # The whole set fits easily in (device) memory: index batches straight from one tensor, no DataLoader.
     x_train = torch.from_numpy(data["train_images"][:n_train].copy()).to(device).unsqueeze(1).float().div_(255)
-    y_train = torch.from_numpy(data["train_labels"][:n_train].astype(np.int64)).to(device)
+    labels = data["train_labels"][:n_train].astype(np.int64)
+    if args.shuffle_labels:
+        labels = np.random.default_rng(args.seed).permutation(labels)
+    y_train = torch.from_numpy(labels).to(device)
     x_test = torch.from_numpy(data["test_images"].copy())
     y_test = torch.from_numpy(data["test_labels"].astype(np.int64))
     print(f"data: {n_train} train / {len(y_test)} test images from {args.data_dir}", flush=True)
@@ -258,6 +280,7 @@ def main(argv=None) -> int:
     scripted.save(str(model_path))
     # The artifact is what gets shipped, so prove the file on disk scores the same.
     reevaluated_accuracy = evaluate(torch.jit.load(str(model_path), map_location=device), x_test, y_test, device)
+    predictions = write_predictions(str(model_path), x_test[:args.fixed_inputs], out_dir / "predictions.json")
     print(f"test accuracy {test_accuracy:.4f} (reloaded TorchScript: {reevaluated_accuracy:.4f}), "
           f"train {train_seconds:.1f}s", flush=True)
 
@@ -276,6 +299,7 @@ def main(argv=None) -> int:
         "lr": args.lr,
         "seed": args.seed,
         "train_samples": n_train,
+        "shuffled_labels": args.shuffle_labels,
         "samples_per_second": round(seen_samples / train_seconds, 1),
         **counts,  # samples_trained, optimizer_steps, epochs_completed: the loop's own record
         "loss_curve": loss_curve,
@@ -297,6 +321,7 @@ def main(argv=None) -> int:
             "output": "logits [N,10]",
             "parameters": sum(p.numel() for p in model.parameters()),
         },
+        "predictions": predictions,
         "data_dir": str(Path(args.data_dir).resolve()),
         **host_facts(started_at),
     }

@@ -1,6 +1,6 @@
 """MLflow tracking server of the serving stack: SQLite backend store, MinIO as its S3 artifact store (the server
-proxies artifacts, so clients need no S3 keys), on 127.0.0.1; and the registration of a trained model in it
-(workloads/serving/registry.py), whose wall time is MLOPS-5.1's registration time."""
+proxies artifacts, so clients need no S3 keys), on 127.0.0.1; the registration of a trained model in it, and the
+resolution of `models:/<name>@<alias>` to the S3 URI a predictor fetches (workloads/serving/registry.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,6 +45,8 @@ class MlflowServer(pulumi.ComponentResource):
             "minio": args.minio.endpoint,
         }, pulumi.ResourceOptions(parent=self, depends_on=[args.minio.buckets]))
         self.tracking_uri = pulumi.Output.concat(url, "")
+        self.artifacts_destination = f"s3://{args.artifacts_bucket}"
+        self.minio = args.minio
         self.cold_start_seconds = self.daemon.cold_start_seconds
         self.register_outputs({"tracking_uri": self.tracking_uri})
 
@@ -60,7 +62,7 @@ class ModelRegistrationArgs:
 
 
 class ModelRegistration(pulumi.ComponentResource):
-    result: pulumi.Output[dict]  # version, run id, registration_seconds, ...
+    result: pulumi.Output[dict]  # version, run id, sync_seconds, registration_seconds, ...
 
     def __init__(self, name: str, args: ModelRegistrationArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlops:serving:ModelRegistration", name, None, opts)
@@ -68,9 +70,29 @@ class ModelRegistration(pulumi.ComponentResource):
         run = LocalRun(f"{name}-run", {
             "name": f"MLflow registration of {args.name}", "module": "workloads.serving.registry",
             "args": pulumi.Output.all(args.server.tracking_uri, args.model_path, extra).apply(lambda v: [
-                "--tracking-uri", v[0], "--model", v[1], "--name", args.name,
+                "register", "--tracking-uri", v[0], "--model", v[1], "--name", args.name,
                 "--serialization-format", args.serialization_format, *v[2]]),
             "model_sha256": args.model_sha256, "server": args.server.daemon.id, "timeout_s": 600,
+        }, pulumi.ResourceOptions(parent=self))
+        self.result = run.result
+        self.register_outputs({"result": self.result})
+
+
+class AliasResolution(pulumi.ComponentResource):
+    """The deployment side's look-up: `models:/<name>@<alias>` to its version and the S3 URI of its artifacts,
+    checked in MinIO; re-run when the registration it follows is."""
+
+    result: pulumi.Output[dict]  # version, run_id, storage_uri, model_file, resolve_seconds, ...
+
+    def __init__(self, name: str, server: MlflowServer, registration: ModelRegistration, model_name: str = "mnist-cnn",
+                 alias: str = "champion", opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("mlops:serving:AliasResolution", name, None, opts)
+        run = LocalRun(f"{name}-run", {
+            "name": f"resolving models:/{model_name}@{alias}", "module": "workloads.serving.registry",
+            "args": server.tracking_uri.apply(lambda uri: [
+                "resolve", "--tracking-uri", uri, "--name", model_name, "--alias", alias,
+                "--artifacts-destination", server.artifacts_destination]),
+            "secret_env": server.minio.env, "registered": registration.result, "timeout_s": 300,
         }, pulumi.ResourceOptions(parent=self))
         self.result = run.result
         self.register_outputs({"result": self.result})

@@ -28,9 +28,9 @@ class PredictorArgs:
     port: int
     source: Optional[pulumi.Input[str]] = None  # a local file or folder to publish
     source_digest: Optional[pulumi.Input[str]] = None  # its content digest: names the object prefix
-    storage_uri: Optional[str] = None  # or: a model already in MinIO
+    storage_uri: Optional[pulumi.Input[str]] = None  # or: a model already in MinIO (or one a registry resolved)
     bucket: str = "models"
-    extra_args: list[str] = field(default_factory=list)
+    extra_args: pulumi.Input[list[str]] = field(default_factory=list)
     ready_timeout_s: int = 300
     port_config_key: str = "mlops-validation:serving.basePort"
 
@@ -65,10 +65,10 @@ class Predictor(pulumi.ComponentResource):
         model_dir = f"{args.state_dir}/predictors/{args.model_name}"
         self.daemon = LocalDaemon(f"{name}-daemon", {
             "name": f"KServe predictor {args.model_name}",
-            "argv": self.storage_uri.apply(lambda uri: [
-                WORKLOADS_PYTHON, "-m", PREDICTORS[args.kind], "--model-name", args.model_name, "--storage-uri", uri,
+            "argv": pulumi.Output.all(self.storage_uri, args.extra_args).apply(lambda v: [
+                WORKLOADS_PYTHON, "-m", PREDICTORS[args.kind], "--model-name", args.model_name, "--storage-uri", v[0],
                 "--http-port", str(args.port), "--host", "127.0.0.1", "--model-dir", f"{model_dir}/model",
-                "--metrics-file", f"{model_dir}/load.json", *args.extra_args]),
+                "--metrics-file", f"{model_dir}/load.json", *v[1]]),
             "secret_env": args.minio.env, "env": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
             "ready_url": f"{url}/v2/models/{args.model_name}/ready", "ready_timeout_s": args.ready_timeout_s,
             "log_file": f"{args.state_dir}/logs/{args.model_name}-predictor.log",

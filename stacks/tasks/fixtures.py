@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 import pulumi
 
 from stacks.local.minio import MinioServer, MinioServerArgs
+from stacks.local.mlflow import MlflowServer, MlflowServerArgs
 from stacks.local.model_server import Predictor, PredictorArgs
 from stacks.local.process import StateDir
 from stacks.slurm.job import SbatchJob
@@ -78,7 +79,8 @@ def llm_single_gpu(run: "Run") -> SbatchJob:
 @dataclass
 class ServingBase:
     """The serving state folder (made first, removed last) and MinIO; ports from serving.basePort: MinIO +0
-    (its console +1), MLflow +2, the MNIST predictor +3, the LLM predictor +4."""
+    (its console +1), MLflow +2, the MNIST predictor +3, the LLM predictor +4, MLOPS-5.1's registry predictor +5,
+    MLOPS-5.2's router +6 and its predictors +7, +8."""
 
     state_dir: str
     base_port: int
@@ -100,6 +102,16 @@ def serving_base(run: "Run") -> ServingBase:
         return ServingBase(state_dir=state, base_port=cfg.base_port, folder=folder, minio=minio)
 
     return run.fixture("serving", make)
+
+
+def mlflow_server(run: "Run") -> MlflowServer:
+    """The MLflow tracking server and registry (MLOPS-5.1, 5.2)."""
+    def make(r: "Run") -> MlflowServer:
+        base = serving_base(r)
+        return MlflowServer("serving-mlflow", MlflowServerArgs(
+            state_dir=base.state_dir, port=base.base_port + 2, minio=base.minio), base.options())
+
+    return run.fixture("mlflow", make)
 
 
 def mnist_predictor(run: "Run") -> Predictor:

@@ -183,6 +183,26 @@ def test_end_to_end_tiny_run(tmp_path):
     loaded = torch.jit.load(str(out / "model.pt"))
     assert evaluate_mnist.evaluate(loaded, images, labels, torch.device("cpu")) == metrics["test_accuracy"]
 
+    # Its own answers on the fixed inputs (the first test images), which a deployment must reproduce (MLOPS-5.1).
+    reference = json.loads((out / "predictions.json").read_text())
+    assert metrics["predictions"]["count"] == reference["count"] == 100
+    from workloads.serving.lineage import fixed_inputs
+    with torch.inference_mode():
+        logits = loaded(torch.from_numpy(fixed_inputs(str(data_dir), 100)).reshape(-1, 1, 28, 28))
+    assert reference["digits"] == logits.argmax(1).tolist()
+    assert torch.equal(torch.tensor(reference["logits"]), logits)
+
+
+def test_shuffled_labels_make_a_bad_model(tmp_path):
+    data_dir = synthetic_mnist(tmp_path / "data")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "workloads.mnist", "--data-dir", str(data_dir), "--out-dir", str(out), "--epochs",
+           "2", "--batch-size", "32", "--max-train-samples", "300", "--device", "cpu", "--threads", "1",
+           "--shuffle-labels"]
+    assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=180).returncode == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["shuffled_labels"] and metrics["test_accuracy"] < 0.5  # MLOPS-5.2's gate must reject it
+
 
 def test_evaluate_cli_prints_accuracy_json(tmp_path, capsys):
     data_dir = synthetic_mnist(tmp_path / "data", n_train=10, n_test=50)

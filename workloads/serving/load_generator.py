@@ -261,9 +261,9 @@ def uptime_figures(probes: Sequence[tuple[float, bool]], requests: Sequence[dict
             "uptime_slices_fraction": slices_fraction, "uptime_slice_seconds": slice_s}
 
 
-def run_stage(url: str, path: str, body: Path, stage: Stage, seconds: float, timeout_s: float, workdir: Path,
-              expect: str = "") -> tuple[dict, list[dict]]:
-    prefix = workdir / stage.name.replace(",", "_").replace("=", "")
+def locust_command(url: str, path: str, body: Path, stage: Stage, seconds: float, timeout_s: float, prefix: Path,
+                   expect: str = "") -> tuple[list[str], dict, Path]:
+    """locust's command line and environment for one stage, and the file its request log goes to."""
     request_log = Path(f"{prefix}_requests.jsonl")
     env = {**os.environ, "SERVING_BODY_FILE": str(body), "SERVING_PATH": path,
            "SERVING_RATE_PER_USER": str(stage.rate / stage.users if stage.rate else 0),
@@ -272,6 +272,13 @@ def run_stage(url: str, path: str, body: Path, stage: Stage, seconds: float, tim
             "-u", str(stage.users), "-r", str(stage.users), "-t", f"{seconds:g}s", "--stop-timeout", "5",
             "--csv", str(prefix), "--json-file", str(prefix), "--only-summary", "--exit-code-on-error", "0", "--loglevel", "WARNING",
             "--skip-log-setup"]
+    return argv, env, request_log
+
+
+def run_stage(url: str, path: str, body: Path, stage: Stage, seconds: float, timeout_s: float, workdir: Path,
+              expect: str = "") -> tuple[dict, list[dict]]:
+    prefix = workdir / stage.name.replace(",", "_").replace("=", "")
+    argv, env, request_log = locust_command(url, path, body, stage, seconds, timeout_s, prefix, expect)
     started = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 120)
     if proc.returncode != 0:

@@ -21,7 +21,8 @@ TIMEOUT_S = float(os.environ.get("SERVING_TIMEOUT_S", "30"))
 EXPECT_KEY = os.environ.get("SERVING_EXPECT_KEY", "")
 REQUEST_LOG = os.environ.get("SERVING_REQUEST_LOG")
 
-_log = open(REQUEST_LOG, "a", encoding="utf-8") if REQUEST_LOG else None
+# Line-buffered: a run stopped by a signal (MLOPS-5.2's open-ended load) keeps every request it made.
+_log = open(REQUEST_LOG, "a", encoding="utf-8", buffering=1) if REQUEST_LOG else None
 
 
 @events.request.add_listener

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from kserve.errors import InvalidInput  # noqa: E402
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse  # noqa: E402
 
+from workloads.metrics_io import sha256_file  # noqa: E402
 from workloads.serving.server import ModelFetchError, base_parser, fetch, serve, write_load_metrics  # noqa: E402
 
 MAX_BATCH = 1024
@@ -54,24 +55,30 @@ def instances_array(instances) -> np.ndarray:
 
 
 class MnistModel(kserve.Model):
-    def __init__(self, name: str, storage_uri: str, model_dir: Optional[str]):
+    def __init__(self, name: str, storage_uri: str, model_dir: Optional[str], model_file: Optional[str] = None):
         super().__init__(name)
-        self.storage_uri, self.model_dir = storage_uri, model_dir
+        self.storage_uri, self.model_dir, self.model_file = storage_uri, model_dir, model_file
         self.model: Optional[torch.jit.ScriptModule] = None
         self.timings: dict = {}
 
     def load(self) -> bool:
         local, download_s = fetch(self.storage_uri, self.model_dir)
-        path = local if local.is_file() else next(iter(sorted(local.rglob("*.pt"))), None)
+        if local.is_file():
+            path = local
+        elif self.model_file:  # a registered model's folder names its TorchScript file (extra_files/model.pt)
+            path = local / self.model_file if (local / self.model_file).is_file() else None
+        else:
+            path = next(iter(sorted(local.rglob("*.pt"))), None)
         if path is None:
-            raise ModelFetchError(f"no TorchScript *.pt file under {self.storage_uri}")
+            raise ModelFetchError(f"no TorchScript {self.model_file or '*.pt'} file under {self.storage_uri}")
         started = time.perf_counter()
         self.model = torch.jit.load(str(path), map_location="cpu").eval()
         with torch.inference_mode():
             self.model(torch.zeros(1, 1, 28, 28))  # the first call compiles the TorchScript graph
         self.timings = {"download_seconds": round(download_s, 3),
                         "model_load_seconds": round(time.perf_counter() - started, 3),
-                        "model_file": str(path), "model_bytes": path.stat().st_size}
+                        "model_file": str(path), "model_bytes": path.stat().st_size,
+                        "model_sha256": sha256_file(path)}  # what is served, for the lineage check (MLOPS-5.1)
         self.ready = True
         return self.ready
 
@@ -105,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     # One intra-op thread by default: a 28x28 image is too small to split, and spare threads spinning beside the
     # server's event loop (and a load generator on the same cores) cost more than they give.
     p.set_defaults(threads=1)
+    p.add_argument("--model-file", help="the TorchScript file inside the fetched folder (default: the first *.pt)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = MnistModel(args.model_name, args.storage_uri, args.model_dir)
+    model = MnistModel(args.model_name, args.storage_uri, args.model_dir, args.model_file)
     try:
         model.load()
     except ModelFetchError as exc:
