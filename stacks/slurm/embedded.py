@@ -118,6 +118,8 @@ JobCompLoc={lay.log}/jobcomp.txt
 MinJobAge=300
 MailProg=/bin/true
 ReturnToService=2
+# A dead slurmd is noticed in seconds, not SLURM's 5 minutes: its jobs end NODE_FAIL and fail their submission.
+SlurmdTimeout=20
 SchedulerParameters=batch_sched_delay=0
 {node_line}{gres} State=UNKNOWN
 PartitionName={partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
