@@ -30,19 +30,25 @@ def secret_values(stack: str) -> dict[str, str]:
     export = json.loads(run(["pulumi", "stack", "export", "--show-secrets", "--stack", stack], check=True).stdout)
     found: dict[str, str] = {}
 
+    def keep(name: str, value: str) -> None:
+        n = 1
+        while found.get(name if n == 1 else f"{name}#{n}") not in (None, value):
+            n += 1
+        found[name if n == 1 else f"{name}#{n}"] = value
+
     def leaves(name: str, value) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
                 leaves(k, v)
         elif isinstance(value, str) and len(value) >= 12 and SECRET_NAME.search(name):
-            found[name] = value
+            keep(name, value)
 
     def walk(name: str, node) -> None:
         if isinstance(node, dict):
             if node.get(SECRET_SIG) and "plaintext" in node:
                 value = json.loads(node["plaintext"])
                 if isinstance(value, str) and len(value) >= 12:
-                    found[name] = value
+                    keep(name, value)
                 else:
                     leaves(name, value)
                 return
@@ -57,10 +63,11 @@ def secret_values(stack: str) -> dict[str, str]:
 
 
 def needles(secrets: dict[str, str]) -> dict[str, str]:
-    """What to grep for: each value, and each long line of a multi-line one (a key file's base64 body)."""
+    """What to grep for: each value, and each long line of a multi-line one (a key file's base64 body, less its
+    first line, which is the same in every OpenSSH key)."""
     out = {}
     for name, value in secrets.items():
-        lines = [line for line in value.splitlines() if len(line) >= 16 and "PRIVATE KEY" not in line]
+        lines = [line for line in value.splitlines() if len(line) >= 16 and "PRIVATE KEY" not in line][1:]
         for i, line in enumerate(lines or [value]):
             out[f"{name}[{i}]" if lines else name] = line
     return out
