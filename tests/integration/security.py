@@ -73,15 +73,18 @@ def needles(secrets: dict[str, str]) -> dict[str, str]:
     return out
 
 
+MAX_BYTES = 64 << 20  # data sets and model weights are bigger; no log, config or record is
+
+
 def places(stack: str) -> list[Path]:
-    """Every file the stack writes in plain text that could leak: its Pulumi state (all of the backend's files,
-    history and backups included), the reports folder, and every file under the stack's state folders (logs,
-    job folders, configs), except the files that hold a secret by design."""
+    """Every file the stack writes that could leak: its Pulumi state (all of the backend's files, history and
+    backups included), the reports folder, and every file under the stack's state folders (logs, job folders,
+    configs, MinIO's data) up to MAX_BYTES, except the files that hold a secret by design."""
     files = [p for p in (ROOT / ".pulumi-state").rglob("*") if p.is_file()]
     files += [p for p in (ROOT / "reports" / stack).rglob("*") if p.is_file()]
     for folder in state_dirs(stack):
         files += [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
-                  and not any(str(p).endswith(h) for h in HOLDERS) and "minio-data" not in p.parts]
+                  and not any(str(p).endswith(h) for h in HOLDERS) and p.stat().st_size <= MAX_BYTES]
     return files
 
 
