@@ -4,6 +4,7 @@ whose slurmd is killed mid-job, its re-run; an `up` interrupted by Ctrl-C then S
 an `up` killed halfway, then `pulumi destroy`."""
 import json
 import os
+import re
 import signal
 import time
 
@@ -33,7 +34,10 @@ def test_slurmd_killed_mid_job_fails_naming_the_job_and_a_rerun_completes(fault_
     detect_s = time.monotonic() - killed_at
     text = fault_stack.output(up)
     assert up.returncode != 0, text[-3000:]
-    assert f"SLURM job {job_id} " in text and "cannot run: its nodes are down" in text, text[-3000:]
+    named = re.search(r"SLURM job (\d+) \((\S+)\) cannot run: its nodes are down", text)
+    assert named, text[-3000:]
+    assert named.group(1) == job_id or int(named.group(1)) > int(job_id), (job_id, named.group(0))
+    job_id = f"{named.group(1)} ({named.group(2)})"
     assert not any(state in ("RUNNING", "PENDING") for state in fault_stack.jobs().values())  # cancelled, none left
 
     started = time.monotonic()
