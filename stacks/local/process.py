@@ -112,6 +112,9 @@ def start_daemon(props: dict) -> dict:
             raise ServingError(f"{name}: port {port} on 127.0.0.1 is in use: choose another {key}")
     for d in props.get("make_dirs") or []:
         Path(d).mkdir(parents=True, exist_ok=True)
+    for path, text in (props.get("files") or {}).items():  # its config files (never a secret: those go in env)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
     log = Path(props["log_file"])
     log.parent.mkdir(parents=True, exist_ok=True)
     if props.get("metrics_file"):
@@ -161,7 +164,7 @@ class _DaemonProvider(ReplacingProvider):
 
 class LocalDaemon(Resource, module="mlops", name="LocalDaemon"):
     """props: name, argv, env, secret_env, ready_url, ready_timeout_s, log_file, ports {port: config key},
-    make_dirs, remove_on_delete, metrics_file (read once ready), and anything that should restart it on change."""
+    make_dirs, files {path: text}, remove_on_delete, metrics_file (read once ready), and anything that should restart it on change."""
 
     pid: pulumi.Output[int]
     process_start: pulumi.Output[int]

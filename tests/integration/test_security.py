@@ -1,6 +1,6 @@
 """Security of the running itest stack (the one conftest brings up, no second `pulumi up`): its generated secrets
 appear in plain text nowhere (state, outputs, logs, report, command lines), every socket its processes own listens
-on 127.0.0.1, and MinIO and MLflow refuse requests without credentials."""
+on 127.0.0.1, and MinIO and MLflow (its basic-auth app) refuse requests without credentials."""
 import pytest
 
 from tests.integration.conftest import ITEST, ITEST_PORTS
@@ -22,7 +22,8 @@ def secrets(live):
     found = secret_values(ITEST)
     # The check must be able to fail: the generated values it looks for are really there.
     names = set(found)
-    assert {"private_key", "MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY"} <= names, names
+    assert {"private_key", "MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD",
+            "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= names, names
     return found
 
 
@@ -43,7 +44,7 @@ def test_minio_refuses_requests_without_credentials(live, method, path):
     assert status_without_credentials(MINIO + path, method) == 403
 
 
-@pytest.mark.xfail(strict=True, reason="MLflow runs without authentication (no `--app-name basic-auth`): any local "
-                                       "process can read and register models; strict, so adding auth flips it")
 def test_mlflow_refuses_requests_without_credentials(live):
-    assert status_without_credentials(f"{MLFLOW}/api/2.0/mlflow/registered-models/search") in (401, 403)
+    assert status_without_credentials(f"{MLFLOW}/health") == 200  # up, and its health open to probes
+    for path in ("/api/2.0/mlflow/registered-models/search", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        assert status_without_credentials(MLFLOW + path) == 401
