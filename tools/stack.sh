@@ -41,6 +41,11 @@ print(d.get("pid", ""), d.get("hostname", ""), d.get("timestamp", ""))' "$lock" 
   pulumi cancel --yes --stack "$stack" >/dev/null || exit 1
   [ "$action" = unlock ] && exit 0
 fi
+# Pulumi starts its plugins in process groups of their own: a `pulumi up` killed outright (SIGKILL of the terminal's
+# group, a closed terminal) would leave them running their operations (a job's wait). A detached reaper ends them
+# once this script is gone (tools/reap_plugins.py); the tag in their environment tells it which.
+export MLOPS_PULUMI_RUN="$$-$(date +%s%N)"
+setsid python3 tools/reap_plugins.py "$MLOPS_PULUMI_RUN" $$ </dev/null >/dev/null 2>&1 &
 pulumi stack select --create --secrets-provider passphrase "$stack" >/dev/null || exit 1
 
 # Pulumi prints a dynamic provider's failure as a Python traceback; end with its last line, the cause.
