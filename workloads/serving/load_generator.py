@@ -263,7 +263,8 @@ def uptime_figures(probes: Sequence[tuple[float, bool]], requests: Sequence[dict
 
 def run_stage(url: str, path: str, body: Path, stage: Stage, seconds: float, timeout_s: float, workdir: Path,
               expect: str = "") -> tuple[dict, list[dict]]:
-    prefix = workdir / stage.name.replace(",", "_").replace("=", "")
+    # A folder of its own: stages of the same name (a soak repeats one) must not share, and so append to, one log.
+    prefix = Path(tempfile.mkdtemp(prefix="stage-", dir=workdir)) / stage.name.replace(",", "_").replace("=", "")
     request_log = Path(f"{prefix}_requests.jsonl")
     env = {**os.environ, "SERVING_BODY_FILE": str(body), "SERVING_PATH": path,
            "SERVING_RATE_PER_USER": str(stage.rate / stage.users if stage.rate else 0),
