@@ -37,7 +37,7 @@ def test_slurmd_killed_mid_job_fails_naming_the_job_and_a_rerun_completes(fault_
     named = re.search(r"SLURM job (\d+) \((\S+)\) cannot run: its nodes are down", text)
     assert named, text[-3000:]
     assert named.group(1) == job_id or int(named.group(1)) > int(job_id), (job_id, named.group(0))
-    job_id = f"{named.group(1)} ({named.group(2)})"
+    named_job = f"{named.group(1)} ({named.group(2)})"
     assert not any(state in ("RUNNING", "PENDING") for state in fault_stack.jobs().values())  # cancelled, none left
 
     started = time.monotonic()
@@ -46,8 +46,9 @@ def test_slurmd_killed_mid_job_fails_naming_the_job_and_a_rerun_completes(fault_
     assert again.returncode == 0, again.stdout[-3000:]
     _converged_and_intact(fault_stack)
     record("slurmd killed (SIGKILL) mid-job",
-           f"job {job_id} requeued by SLURM, then cancelled; `pulumi up` failed naming it ('cannot run: its nodes "
-           f"are down'); the re-run restarted the daemons (the cluster resource saw slurmd gone) and completed",
+           f"slurmd killed while job {job_id} ran; SLURM marked the node down, job {named_job} could only wait on it "
+           f"and was cancelled; `pulumi up` failed naming it ('cannot run: its nodes are down'); the re-run "
+           f"restarted the daemons (the cluster resource saw slurmd gone) and completed",
            detect_s, recover_s, "none (storage check: checksum across jobs ok)")
 
 
