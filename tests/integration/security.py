@@ -15,6 +15,10 @@ from tests.integration.conftest import ROOT, STATE_ROOT, run
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret value in state
 SECRET_NAME = re.compile(r"key|secret|password|token|root_user", re.I)
+# Secret-marked values that are none: the login node's public host key (pinned in the ssh connection), Pulumi's
+# serialized dynamic providers, and user names (MLflow's admin is named in its user table and request log).
+NOT_SECRET_NAME = re.compile(r"^(host_?key|__provider)$", re.I)
+USER_NAME = re.compile(r"username$", re.I)
 # The files that hold a secret by design (the login node's client key, which the ssh transport is given).
 HOLDERS = ("ssh/client_ed25519",)
 
@@ -29,6 +33,7 @@ def secret_values(stack: str) -> dict[str, str]:
     (MINIO_ROOT_PASSWORD, AWS_SECRET_ACCESS_KEY, ...), not the endpoint beside them."""
     export = json.loads(run(["pulumi", "stack", "export", "--show-secrets", "--stack", stack], check=True).stdout)
     found: dict[str, str] = {}
+    usernames: set[str] = set()
 
     def keep(name: str, value: str) -> None:
         n = 1
@@ -40,6 +45,8 @@ def secret_values(stack: str) -> dict[str, str]:
         if isinstance(value, dict):
             for k, v in value.items():
                 leaves(k, v)
+        elif isinstance(value, str) and USER_NAME.search(name):
+            usernames.add(value)
         elif isinstance(value, str) and len(value) >= 12 and SECRET_NAME.search(name):
             keep(name, value)
 
@@ -47,7 +54,7 @@ def secret_values(stack: str) -> dict[str, str]:
         if isinstance(node, dict):
             if node.get(SECRET_SIG) and "plaintext" in node:
                 value = json.loads(node["plaintext"])
-                if isinstance(value, str) and len(value) >= 12:
+                if isinstance(value, str) and len(value) >= 12 and not USER_NAME.search(name):
                     keep(name, value)
                 else:
                     leaves(name, value)
@@ -59,7 +66,8 @@ def secret_values(stack: str) -> dict[str, str]:
                 walk(name, v)
 
     walk("", export)
-    return found
+    return {name: value for name, value in found.items()
+            if not NOT_SECRET_NAME.match(name.split("#")[0]) and value not in usernames}
 
 
 def needles(secrets: dict[str, str]) -> dict[str, str]:

@@ -34,7 +34,9 @@ def test_no_secret_in_state_outputs_logs_report_or_command_lines(secrets):
 def test_every_socket_of_the_stack_listens_on_loopback_only(live):
     pids = stack_pids(ITEST)
     sockets = listeners(pids, ITEST_PORTS)
-    assert len(sockets) >= 8, sockets  # slurmctld, slurmd, sshd, MinIO (+console), MLflow, two predictors
+    ports = {int(address.rsplit(":", 1)[1]) for address, _ in sockets}
+    # slurmctld, slurmd, sshd, MinIO, MLflow, the two predictors: the check sees them all
+    assert {26817, 26818, 26819, 26900, 26902, 26903, 26904} <= ports, sockets
     assert [s for s in sockets if not s[0].startswith(("127.0.0.1:", "[::1]:"))] == []
 
 
