@@ -28,8 +28,9 @@ def faults_table(results: dict) -> str:
         rows.append(f"| {r['fault']} | {r['happened']} | {_s(r['detect_seconds'])} | {_s(r['recover_seconds'])} "
                     f"| {r['data_lost']} |")
     if results.get("suite_seconds") is not None:
-        rows.append(f"\nThe suite took {results['suite_seconds']:.0f} s (the stack's faults; measured "
-                    f"{results['faults'][-1]['at'] if results.get('faults') else ''}).")
+        rows.append(f"\nThe suite (`make faults`) took {results['suite_seconds']:.0f} s, measured "
+                    f"{results['faults'][-1]['at'] if results.get('faults') else ''} on this machine (2 cores, "
+                    f"shared).")
     return "\n".join(rows)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -52,6 +53,12 @@ class Stack:
         except (OSError, subprocess.TimeoutExpired):
             return {}
         return dict(line.split() for line in out.splitlines() if line.strip())
+
+    def job_state(self, job_id: str) -> str:
+        """SLURM's last word on a job (the controller keeps ended jobs MinJobAge = 300 s)."""
+        out = self.slurm("scontrol", "show", "job", "-o", job_id)
+        found = re.search(r"JobState=(\S+)", out)
+        return found.group(1) if found else "unknown to slurmctld"
 
     def daemon_pid(self, daemon: str) -> int:
         return int((self.state_dir / "run" / f"{daemon}.pid").read_text().split()[0])

@@ -67,6 +67,7 @@ def test_up_interrupted_by_ctrl_c_then_sigkill_leaves_nothing_and_a_rerun_conver
         time.sleep(0.5)
     detect_s = time.monotonic() - interrupted_at
     assert orphans == [] and jobs == {}, (orphans, jobs)
+    ended = fault_stack.job_state(job_id)
 
     started = time.monotonic()
     again = stack("up", STACK, timeout=900)
@@ -74,7 +75,7 @@ def test_up_interrupted_by_ctrl_c_then_sigkill_leaves_nothing_and_a_rerun_conver
     assert again.returncode == 0, again.stdout[-3000:]
     _converged_and_intact(fault_stack)
     record("`pulumi up` interrupted: Ctrl-C, then SIGKILL 3 s later, while a job runs",
-           f"job {job_id} cancelled and no pulumi, provider or submit process left within the time shown; the "
+           f"job {job_id} ended {ended} and no pulumi, provider or submit process left within the time shown; the "
            f"re-run cleared the lock, left no pending operation and converged (preview: no changes)",
            detect_s, recover_s, "none (storage check: checksum across jobs ok)")
 
@@ -85,6 +86,10 @@ def test_destroy_after_a_partial_up_removes_everything(fault_stack):
     up = fault_stack.start_up()
     job_id = fault_stack.wait_for_running_job(up)
     interrupt(up, (signal.SIGKILL,))  # the cluster is up, code and data staged, a job half done
+    deadline = time.monotonic() + 60
+    while fault_stack.jobs() and time.monotonic() < deadline:  # the reaper ends the plugins, the job is cancelled
+        time.sleep(0.5)
+    ended = fault_stack.job_state(job_id)
     started = time.monotonic()
     destroyed = stack("down", STACK, timeout=600)
     destroy_s = time.monotonic() - started
@@ -96,6 +101,6 @@ def test_destroy_after_a_partial_up_removes_everything(fault_stack):
     assert [r["type"] for r in resources["deployment"].get("resources") or []
             if r["type"] != "pulumi:pulumi:Stack" and not r["type"].startswith("pulumi:providers:")] == []
     record("`pulumi destroy` after an `up` killed (SIGKILL) mid-job",
-           f"destroy removed the cluster, its daemons, the staged code and data and the job folders (job {job_id} "
-           f"cancelled); no process, port, folder or resource left",
+           f"job {job_id} ended {ended}; destroy removed the cluster, its daemons, the staged code and data and the "
+           f"job folders; no process, port, folder or resource left",
            None, destroy_s, "n/a (everything removed on purpose)")
