@@ -18,7 +18,7 @@ export PULUMI_SKIP_UPDATE_CHECK := true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup up preview down unlock test unit-test integration-test report
+.PHONY: setup up preview down unlock test unit-test integration-test report faults soak
 .PHONY: drift acceptance revalidate schedule unschedule
 setup:
 	@tools/bootstrap.sh
@@ -42,6 +42,7 @@ test: setup      ## workload tests, unit tests, then a real pulumi up / acceptan
 	@.venv-workloads/bin/python -m pytest -q tests/workloads --ignore=tests/workloads/test_oumi_cloud.py --ignore=tests/workloads/test_oumi_eval.py
 	@.venv-oumi/bin/python -m pytest -q tests/workloads/test_oumi_cloud.py tests/workloads/test_oumi_eval.py  # need Oumi
 	@.venv/bin/python -m pytest -q tests/unit tests/integration
+	@.venv/bin/python -m pytest -q tests/faults  # faults injected into a small stack (docs/reliability.md)
 
 # -- history, CI and the schedule (README: "History, CI and the schedule") ------------------------------------------
 drift: setup     ## pulumi preview --expect-no-changes on $(STACK): fails where the stack differs from its code/config
@@ -60,3 +61,12 @@ schedule:        ## a systemd timer runs `make revalidate` on $(STACK) at $(SCHE
 
 unschedule:      ## remove the timer of `make schedule`
 	@tools/schedule.sh remove $(STACK)
+
+faults: setup    ## the fault suite, then its table in docs/reliability.md
+	@.venv/bin/python -m pytest -q tests/faults
+	@.venv/bin/python tools/reliability_table.py
+
+soak: setup      ## 1,000 sbatch submissions and a 10-minute predictor soak, then their table in docs/reliability.md
+	@.venv/bin/python tools/load_test.py sbatch --jobs $${SOAK_JOBS:-1000}
+	@.venv/bin/python tools/load_test.py predictor --seconds $${SOAK_SECONDS:-600}
+	@.venv/bin/python tools/reliability_table.py

@@ -26,11 +26,22 @@ class StackConfig:
     serving_minio_secret_key: Optional[pulumi.Output[str]] = None
 
 
+def _read(cfg: pulumi.Config, key: str, plain: bool):
+    """One key's raw value; a section or list that is not one (e.g. `hpc: slurm`) is a ConfigError naming it."""
+    if plain:
+        return cfg.get(key)
+    try:
+        return cfg.get_object(key)
+    except pulumi.ConfigTypeError:
+        text = cfg.get(key) or ""
+        shown = text if len(text) <= 60 else text[:60] + "..."
+        raise ConfigError(f"{cfg.name}:{key}: must be a section or a list, not the text {shown!r}") from None
+
+
 def load() -> StackConfig:
     cfg = pulumi.Config()
-    raw = {key: cfg.get(key) if plain else cfg.get_object(key) for key, plain in KEYS.items()}
     try:
-        settings = parse(raw)
+        settings = parse({key: _read(cfg, key, plain) for key, plain in KEYS.items()})
     except ConfigError as exc:
         raise pulumi.RunError(f"config error: {exc}") from None
     key = None

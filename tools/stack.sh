@@ -41,7 +41,25 @@ print(d.get("pid", ""), d.get("hostname", ""), d.get("timestamp", ""))' "$lock" 
   pulumi cancel --yes --stack "$stack" >/dev/null || exit 1
   [ "$action" = unlock ] && exit 0
 fi
+# Pulumi starts its plugins in process groups of their own: a `pulumi up` killed outright (SIGKILL of the terminal's
+# group, a closed terminal) would leave them running their operations (a job's wait). A detached reaper ends them
+# once this script is gone (tools/reap_plugins.py); the tag in their environment tells it which.
+export MLOPS_PULUMI_RUN="$$-$(date +%s%N)"
+setsid python3 tools/reap_plugins.py "$MLOPS_PULUMI_RUN" $$ </dev/null >/dev/null 2>&1 &
 pulumi stack select --create --secrets-provider passphrase "$stack" >/dev/null || exit 1
+
+# Creates an interrupted run left pending stay in every later state until cleared (Pulumi keeps them for a person
+# to judge). Here each is safe to drop: its job was cancelled (the submit script, the reaper above) and a create
+# starts from a clean slate (the embedded cluster stops a crashed run's daemons, a job clears its folder).
+if [ "$action" = up ] || [ "$action" = down ]; then
+  pending=$(pulumi stack export --stack "$stack" 2>/dev/null | python3 -c 'import json, sys
+ops = json.load(sys.stdin).get("deployment", {}).get("pending_operations") or []
+print(" ".join(op["resource"]["urn"].rsplit("::", 1)[-1] for op in ops if op.get("type") == "creating"))' 2>/dev/null)
+  if [ -n "$pending" ]; then
+    echo "stack.sh: dropping the creates an interrupted run left pending ($pending): pulumi refresh --clear-pending-creates" >&2
+    pulumi refresh --yes --non-interactive --clear-pending-creates --stack "$stack" >/dev/null || exit 1
+  fi
+fi
 
 # Pulumi prints a dynamic provider's failure as a Python traceback; end with its last line, the cause.
 explain() {

@@ -12,7 +12,9 @@ controller has purged the job) until the job ends, writes DIR/job_record.json an
 the job record with the workload's metrics.json and the job_env.json the sbatch template writes (job_id, state,
 exit_code, node, elapsed_seconds, submit_to_start_seconds, gres_env, metrics, job_dir, log_path, log_tail). A job
 that did not complete exits 1 with one line naming the job id, state, exit code, node and log path, then the log's
-tail, on stderr. Progress lines go to stderr as well.
+tail, on stderr. Progress lines go to stderr as well. A job that can only wait because its nodes are down (SLURM's
+reason says so, or it was requeued after a node failure: a killed slurmd) is cancelled after --nodes-down-grace
+seconds and fails naming its id and the reason, instead of waiting out --timeout.
 
 The job is cancelled (scancel) when this process gets SIGTERM, SIGINT or SIGHUP, when its parent (the login shell
 or sshd session) goes away, when stderr can no longer be written (the connection dropped), or, with
@@ -122,7 +124,20 @@ def job_record(job_id: str) -> Optional[dict]:
     node = f.get("NodeList", "")
     return {"state": (f.get("JobState") or "UNKNOWN").split()[0].rstrip("+"), "exit_code": f.get("ExitCode", ""),
             "node": "" if node in ("(null)", "None assigned") else node, "reason": f.get("Reason", ""),
+            "restarts": int(f["Restarts"]) if f.get("Restarts", "").isdigit() else 0,
             "run_time": f.get("RunTime", ""), "submit_time": submit, "start_time": start, "end_time": end}
+
+
+# Reasons SLURM gives a job that cannot run because its nodes failed or are down (a job it requeued after a node
+# failure says so with Restarts > 0, at first with no reason at all).
+NODES_DOWN = re.compile(r"NodeDown|NodeFail|ReqNodeNotAvail|Nodes_required_for_job_are_DOWN|launch_failed", re.I)
+
+
+def stuck_on_nodes(record: dict) -> bool:
+    """Whether the job waits only because its nodes are down (it would wait for as long as they are)."""
+    if record["state"] != "PENDING":
+        return False
+    return bool(NODES_DOWN.search(record.get("reason") or "")) or record.get("restarts", 0) > 0
 
 
 def active(job_id: str) -> bool:
@@ -319,7 +334,7 @@ def submit(args) -> int:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         _say(f"job {job_id} submitted ({name}), folder {job_dir}")
         deadline = time.monotonic() + args.timeout
-        last_said, unknown, record = time.monotonic(), 0, None
+        last_said, unknown, record, stuck_since = time.monotonic(), 0, None, None
         while True:
             record = job_record(job_id)
             if record is None:
@@ -328,6 +343,14 @@ def submit(args) -> int:
                     raise SubmitError(f"SLURM job {job_id} is unknown to scontrol and sacct")
             else:
                 unknown = 0
+                stuck_since = (stuck_since or time.monotonic()) if stuck_on_nodes(record) else None
+                if stuck_since and time.monotonic() - stuck_since > args.nodes_down_grace:
+                    why = record["reason"] if record["reason"] not in ("", "None") else "no reason given"
+                    cancel(job_id)
+                    raise SubmitError(
+                        f"SLURM job {job_id} ({name}) cannot run: its nodes are down "
+                        f"({'requeued ' + str(record['restarts']) + 'x after a node failure, ' if record['restarts'] else ''}"
+                        f"{why}) for {args.nodes_down_grace:.0f} s; cancelled it. Folder {job_dir}", code=4)
                 if record["state"] != state or time.monotonic() - last_said > args.heartbeat:
                     state, last_said = record["state"], time.monotonic()
                     _say(f"job {job_id} {state}{' on ' + record['node'] if record['node'] else ''}"
@@ -436,6 +459,8 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--timeout", type=float, default=3600, help="queue wait + run, seconds; then scancel")
     p.add_argument("--poll", type=float, default=1.0)
     p.add_argument("--heartbeat", type=float, default=30.0, help="seconds between progress lines on stderr")
+    p.add_argument("--nodes-down-grace", type=float, default=60.0,
+                   help="seconds a job may wait on down nodes (or after a requeue for a node failure); then scancel")
     p.add_argument("--no-metrics", action="store_true", help="the job writes no metrics.json")
     p.add_argument("--watch-stdin", action="store_true", help="stdin stays open; its end cancels the job")
     for mode in ("show", "delete"):

@@ -1,6 +1,10 @@
 """MLflow tracking server of the serving stack: SQLite backend store, MinIO as its S3 artifact store (the server
 proxies artifacts, so clients need no S3 keys), on 127.0.0.1; the registration of a trained model in it, and the
-resolution of `models:/<name>@<alias>` to the S3 URI a predictor fetches (workloads/serving/registry.py)."""
+resolution of `models:/<name>@<alias>` to the S3 URI a predictor fetches (workloads/serving/registry.py).
+
+The server runs MLflow's basic-auth app: every request but /health needs the admin user's password (generated, a
+Pulumi secret, given to the server and its clients only through the environment: MLFLOW_AUTH_ADMIN_* and
+MLFLOW_TRACKING_USERNAME/PASSWORD); no other user has any permission (default_permission NO_PERMISSIONS)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +12,7 @@ from typing import Optional
 
 import pulumi
 
-from stacks.local.minio import MinioServer
+from stacks.local.minio import GeneratedCredentials, MinioServer
 from stacks.local.process import WORKLOADS_PYTHON, LocalDaemon, LocalRun
 
 
@@ -28,16 +32,30 @@ class MlflowServer(pulumi.ComponentResource):
         super().__init__("mlops:serving:MlflowServer", name, None, opts)
         url = f"http://127.0.0.1:{args.port}"
         store = f"{args.state_dir}/mlflow"
+        child = pulumi.ResourceOptions(parent=self)
+        admin = GeneratedCredentials(f"{name}-admin", child)  # user and password of the auth app's admin
+        flask = GeneratedCredentials(f"{name}-flask", child)  # its secret_key signs the CSRF tokens
+        # What a client needs (MLflow's own variables): a Pulumi secret, passed only in the environment.
+        self.client_env = pulumi.Output.secret(pulumi.Output.all(admin.access_key, admin.secret_key).apply(
+            lambda v: {"MLFLOW_TRACKING_USERNAME": v[0], "MLFLOW_TRACKING_PASSWORD": v[1]}))
+        auth_ini = f"{store}/basic_auth.ini"
         self.daemon = LocalDaemon(f"{name}-daemon", {
             "name": "MLflow tracking server",
-            "argv": [WORKLOADS_PYTHON, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(args.port),
+            "argv": [WORKLOADS_PYTHON, "-m", "mlflow", "server", "--app-name", "basic-auth",
+                     "--host", "127.0.0.1", "--port", str(args.port),
                      "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
                      "--artifacts-destination", f"s3://{args.artifacts_bucket}/", "--workers", "1"],
             # No background job runner: it starts eight more Python processes (huey consumers) that this
             # tracking-and-registry use never needs, on two shared cores.
             "env": {"MLFLOW_S3_IGNORE_TLS": "true", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            "secret_env": args.minio.env.apply(lambda e: {**e, "MLFLOW_S3_ENDPOINT_URL": e["AWS_ENDPOINT_URL"]}),
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_AUTH_CONFIG_PATH": auth_ini},
+            "files": {auth_ini: "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                                f"database_uri = sqlite:///{store}/basic_auth.db\n"
+                                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"},
+            "secret_env": pulumi.Output.all(args.minio.env, admin.access_key, admin.secret_key, flask.secret_key).apply(
+                lambda v: {**v[0], "MLFLOW_S3_ENDPOINT_URL": v[0]["AWS_ENDPOINT_URL"],
+                           "MLFLOW_AUTH_ADMIN_USERNAME": v[1], "MLFLOW_AUTH_ADMIN_PASSWORD": v[2],
+                           "MLFLOW_FLASK_SERVER_SECRET_KEY": v[3]}),
             "ready_url": f"{url}/health", "ready_timeout_s": 120,
             "log_file": f"{args.state_dir}/logs/mlflow.log",
             "ports": {str(args.port): args.port_config_key},
@@ -49,6 +67,11 @@ class MlflowServer(pulumi.ComponentResource):
         self.minio = args.minio
         self.cold_start_seconds = self.daemon.cold_start_seconds
         self.register_outputs({"tracking_uri": self.tracking_uri})
+
+    def client_env_with(self, *envs: pulumi.Input[dict]) -> pulumi.Output[dict]:
+        """A client's environment: MLflow's credentials and `envs` (e.g. MinIO's), a Pulumi secret."""
+        return pulumi.Output.secret(pulumi.Output.all(self.client_env, *envs).apply(
+            lambda parts: {k: v for part in parts for k, v in part.items()}))
 
 
 @dataclass
@@ -73,6 +96,7 @@ class ModelRegistration(pulumi.ComponentResource):
                 "register", "--tracking-uri", v[0], "--model", v[1], "--name", args.name,
                 "--serialization-format", args.serialization_format, *v[2]]),
             "model_sha256": args.model_sha256, "server": args.server.daemon.id, "timeout_s": 600,
+            "secret_env": args.server.client_env,
         }, pulumi.ResourceOptions(parent=self))
         self.result = run.result
         self.register_outputs({"result": self.result})
@@ -92,7 +116,8 @@ class AliasResolution(pulumi.ComponentResource):
             "args": server.tracking_uri.apply(lambda uri: [
                 "resolve", "--tracking-uri", uri, "--name", model_name, "--alias", alias,
                 "--artifacts-destination", server.artifacts_destination]),
-            "secret_env": server.minio.env, "registered": registration.result, "timeout_s": 300,
+            "secret_env": server.client_env_with(server.minio.env), "registered": registration.result,
+            "timeout_s": 300,
         }, pulumi.ResourceOptions(parent=self))
         self.result = run.result
         self.register_outputs({"result": self.result})

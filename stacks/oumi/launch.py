@@ -38,7 +38,7 @@ from stacks.provider import ReplacingProvider
 
 from stacks.slurm import jobs
 from stacks.slurm.jobs import TERMINAL, succeeded
-from stacks.slurm.remote import ClusterError, ClusterUnreachable, Connection
+from stacks.slurm.remote import ClusterError, ClusterUnreachable, Connection, removal_script
 from stacks.slurm.staging import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -347,15 +347,33 @@ def fetch_file(site: OumiSite, remote_path: str, local_path: Path) -> Optional[s
     return out.stdout
 
 
-def cleanup_remote(site: OumiSite, job_id: Optional[str], paths: list[str]) -> None:
-    """Cancel the job if SLURM still has it queued or running, and remove what the launch left on the cluster."""
-    script = []
+def leftovers(remote_root: Optional[str], out_dir: Optional[str], work_dir: Optional[str],
+              job_id: Optional[str]) -> list[tuple[str, str]]:
+    """What one launch leaves on the cluster, each as (path, the folder it must lie in), both shell words: the
+    output folder under <root>/oumi, Oumi's copy of the working folder (scontrol's WorkDir, so never trusted as it
+    is) under ~/oumi_launcher, and the job's log under ~/oumi_slurm_logs."""
+    found = []
+    if out_dir and remote_root:
+        found.append((shlex.quote(out_dir), shlex.quote(f"{remote_root}/oumi")))
+    if work_dir:
+        found.append((shlex.quote(work_dir), '"$HOME"/oumi_launcher'))
+    if job_id:
+        found.append((f'"$HOME"/oumi_slurm_logs/{shlex.quote(job_id + ".out")}', '"$HOME"/oumi_slurm_logs'))
+    return found
+
+
+def cleanup_remote(site: OumiSite, job_id: Optional[str], removals: list[tuple[str, str]]) -> None:
+    """Cancel the job if SLURM still has it queued or running, and remove what the launch left on the cluster
+    (each path only inside its own folder); ClusterError naming every path that is still there."""
+    script = ["rc=0"]
     if job_id:
         j = shlex.quote(job_id)
-        script.append(f"if squeue -h -j {j} -o %i 2>/dev/null | grep -q .; then scancel {j}; fi")
-    script += [f"rm -rf {p}" for p in paths if p and p not in ("/", "~", "$HOME")]
-    if script:
-        remote(site, "\n".join(script) + "\ntrue", check=False)
+        script.append(f"if squeue -h -j {j} -o %i 2>/dev/null | grep -q .; then scancel {j} || rc=1; fi")
+    script += [f"( {removal_script(path, root)} ) || rc=1" for path, root in removals]
+    proc = remote(site, "\n".join(script + ["exit $rc"]), check=False, timeout=600)
+    if proc.returncode != 0:
+        why = "; ".join(proc.stderr.strip().splitlines()[-5:]) or f"exit {proc.returncode}"
+        raise ClusterError(f"oumi: cleanup on {site.cluster} failed (job {job_id or '-'}): {why}")
 
 
 @contextmanager
@@ -419,18 +437,21 @@ def run_launch(props: dict) -> dict:
         slurm_log = fetch_file(site, remote_log, local_log) or ""
         # A failed launch is no resource, so `pulumi destroy` would never clean it: cancel and remove it now
         # (its log stays here, in the reports folder).
-        leftovers = [record["work_dir"], remote_log, out_dir]
+        left = leftovers(props["remote_root"], out_dir, record["work_dir"], job_id)
         failure, files = None, []
         if launched["timed_out"] or record["state"] not in TERMINAL:
-            cleanup_remote(site, job_id, leftovers)
             failure = (f"oumi: job {job_id} ({name}) did not end within {timeout_s} s (still {record['state']}); "
                        f"cancelled it. Log: {local_log}")
         elif not job_completed:
-            cleanup_remote(site, job_id, leftovers)
             tail = "\n".join(slurm_log.strip().splitlines()[-25:])
             failure = (f"oumi: SLURM job {job_id} ({name}) launched by `oumi launch up` ended "
                        f"{record['state']} with exit code {record['exit_code']} ({record['reason']}). "
                        f"Log {local_log}, last lines:\n{tail}")
+        if failure:
+            try:
+                cleanup_remote(site, job_id, left)
+            except ClusterError as exc:  # said with the failure, which stays the reason
+                failure += f"\n{exc}"
         else:
             files = retrieve(site, out_dir, report_dir / "output")
         master_pid = recorded_master_pid(site)
@@ -455,25 +476,36 @@ def run_launch(props: dict) -> dict:
 
 
 def remove_launch(props: dict) -> None:
-    """`pulumi destroy`: cancel the job if it is still there, remove its folders on the cluster and here."""
+    """`pulumi destroy`: cancel the job if it is still there, remove its folders on the cluster and here. A
+    cluster that cannot be reached, or a folder that cannot be removed, fails the destroy naming it (what a
+    launch leaves on shared storage outlives the cluster's daemons)."""
     folder = Path(props["local_dir"])
+    conn = Connection.from_props(props["connection"])
+    job_id = props.get("job_id")
     try:
-        conn = Connection.from_props(props["connection"])
         with connected(folder / "ssh", f"mlops-oumi-{props['stack']}", conn, props["partition"], props.get("gres"),
                        None, [], persist_s=120) as (site, _):
-            job_id = props.get("job_id")
-            cleanup_remote(site, job_id, [props.get("out_dir"), props.get("remote_work_dir"),
-                                          f"$HOME/oumi_slurm_logs/{job_id}.out" if job_id else None])
-    except ClusterError:
-        pass  # the cluster is gone (destroyed first, or unreachable): nothing of ours can be left there
-    finally:  # `connected` has closed the master connection, whatever happened
-        remove_local(folder)
+            cleanup_remote(site, job_id, leftovers(props.get("remote_root"), props.get("out_dir"),
+                                                   props.get("remote_work_dir"), job_id))
+    except ClusterError as exc:  # `connected` has closed the master connection, whatever happened
+        remove_local(folder, strict=False)
+        left = [props.get("out_dir"), props.get("remote_work_dir")]
+        raise ClusterError(f"{exc} (left on {conn.where}: {', '.join(p for p in left if p) or 'nothing named'})"
+                           ) from None
+    remove_local(folder)
 
 
 # -- the Pulumi resource ------------------------------------------------------------------------------------------
-def remove_local(folder: Path) -> None:
-    """This launch's folder here, and its parents up to the stack's state folder when they are left empty."""
-    shutil.rmtree(folder, ignore_errors=True)
+def remove_local(folder: Path, strict: bool = True) -> None:
+    """This launch's folder here, and its parents up to the stack's state folder when they are left empty;
+    strict: an OSError naming the folder where it cannot be removed."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if strict:
+            raise OSError(f"cannot remove {folder}: {exc.strerror or exc}") from None
     for parent in (folder.parent, folder.parent.parent):  # <state_dir>/oumi, <state_dir>
         try:
             parent.rmdir()
@@ -488,7 +520,7 @@ class _OumiLaunchProvider(ReplacingProvider):
         try:
             outs = run_launch(props)
         except Exception:
-            remove_local(Path(props["local_dir"]))  # a failed create is no resource: destroy will not see it
+            remove_local(Path(props["local_dir"]), strict=False)  # a failed create is no resource: destroy will not see it
             raise
         return CreateResult(id_=f"{props['name']}-{outs['run_id']}", outs={**props, **outs})
 

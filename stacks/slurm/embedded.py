@@ -91,8 +91,9 @@ def _slurm_conf(lay: Layout, cluster: str, node_line: str, partition: str, gpus:
     return f"""# Written by mlops-validation (embedded default). See shared/notes/embedded-slurm.md.
 ClusterName={cluster}
 SlurmctldHost=localhost(127.0.0.1)
-# Bind slurmctld and slurmd to their own addresses (127.0.0.1), not to every interface.
-CommunicationParameters=NoInAddrAny
+# Bind slurmd (NoInAddrAny) and slurmctld (NoCtldInAddrAny) to their own addresses (127.0.0.1), not to every
+# interface.
+CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
 SlurmctldPort={port}
 SlurmdPort={port + 1}
 SlurmUser=root
@@ -117,6 +118,8 @@ JobCompLoc={lay.log}/jobcomp.txt
 MinJobAge=300
 MailProg=/bin/true
 ReturnToService=2
+# A dead slurmd is noticed in seconds, not SLURM's 5 minutes: its jobs end NODE_FAIL and fail their submission.
+SlurmdTimeout=20
 SchedulerParameters=batch_sched_delay=0
 {node_line}{gres} State=UNKNOWN
 PartitionName={partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP

@@ -21,6 +21,19 @@ class ClusterUnreachable(ClusterError):
     pass
 
 
+def removal_script(path: str, root: str) -> str:
+    """Bash lines that remove PATH only where it lies strictly inside ROOT, and fail (exit 3) naming it when it
+    lies elsewhere (a path taken from scontrol or an output is never trusted as it is) or is still there after
+    `rm -rf`. Both are shell words: quoted by the caller, or holding $HOME on purpose. The parent is resolved
+    (symlinks, ..), the last component is not followed: a link is removed, never its target."""
+    return (f'p={path}; r=$(realpath -m -- {root}); b=$(basename -- "$p"); d=$(realpath -m -- "$(dirname -- "$p")")/"$b"\n'
+            f'case "$b" in .|..|""|*/*) echo "refusing to remove $p: no folder name" >&2; exit 3;; esac\n'
+            f'case "$r" in /|"") echo "refusing to remove $p: its folder is /" >&2; exit 3;; esac\n'
+            f'case "$d/" in "$r"/?*/) ;; *) echo "refusing to remove $p: not inside $r" >&2; exit 3;; esac\n'
+            f'rm -rf -- "$d" || true\n'
+            f'if [ -e "$d" ] || [ -L "$d" ]; then echo "cannot remove $d: it is still there" >&2; exit 3; fi\n')
+
+
 @dataclass(frozen=True)
 class Connection:
     kind: str  # "local" or "ssh"
@@ -96,6 +109,16 @@ class Connection:
             raise ClusterError(f"command on {self.where} exited {result.returncode}: {first}\n"
                                f"{result.stderr.strip()[-2000:]}")
         return result
+
+    def remove(self, path: str, root: str, timeout: float = 600) -> None:
+        """Remove the folder PATH, which must lie inside ROOT; ClusterError naming it where it cannot be."""
+        try:
+            out = self.run(removal_script(shlex.quote(path), shlex.quote(root)), timeout=timeout, check=False)
+        except ClusterError as exc:  # unreachable, or too slow: the folder stays, so say which
+            raise ClusterError(f"cannot remove {path} on {self.where}: {exc}") from None
+        if out.returncode != 0:
+            why = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+            raise ClusterError(f"cannot remove {path} on {self.where}: {why}")
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644, timeout: float = 120) -> None:
         q = shlex.quote(path)

@@ -6,6 +6,7 @@ The source's manifest (file -> sha256) is an input: unchanged sources are not co
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 import time
 from dataclasses import dataclass
@@ -90,10 +91,10 @@ class _StagingProvider(ReplacingProvider):
         return CreateResult(id_=props["destination"], outs={**props, **outs})
 
     def delete(self, _id: str, props: dict) -> None:
-        try:
-            Connection.from_props(props["connection"]).run(f"rm -rf {shlex.quote(props['destination'])}")
-        except ClusterError:
-            pass  # the cluster is gone, and with it the copy
+        # A copy that cannot be removed (or a cluster that cannot be reached) fails `pulumi destroy` naming the
+        # path: shared storage outlives the cluster, so nothing is assumed gone.
+        destination = props["destination"].rstrip("/")
+        Connection.from_props(props["connection"]).remove(destination, os.path.dirname(destination))
 
 
 class _Staged(Resource, module="mlops", name="StagedDirectory"):

@@ -56,7 +56,8 @@ class PipelineAutomation(Task):
                 "--name", REGISTERED_MODEL, "--alias", ALIAS, "--artifacts-destination", mlflow.artifacts_destination,
                 "--data-dir", v[1], "--router-port", str(ports[0]), "--backend-ports", f"{ports[1]},{ports[2]}",
                 "--state-dir", state]),
-            "secret_env": base.minio.env, "ready_url": f"{router}/router/healthz", "ready_timeout_s": 300,
+            "secret_env": mlflow.client_env_with(base.minio.env), "ready_url": f"{router}/router/healthz",
+            "ready_timeout_s": 300,
             "log_file": f"{base.state_dir}/logs/pipeline-controller.log",
             "ports": {str(p): "mlops-validation:serving.basePort" for p in ports},
             "make_dirs": [state], "remove_on_delete": [state],
@@ -66,7 +67,7 @@ class PipelineAutomation(Task):
             "args": pulumi.Output.all(mlflow.tracking_uri, candidates["good"].metrics, candidates["bad"].metrics).apply(
                 lambda v: ["scenario", "--router", router, "--tracking-uri", v[0], "--name", REGISTERED_MODEL,
                            "--good", v[1]["model"]["path"], "--bad", v[2]["model"]["path"], "--stage", LOAD]),
-            "controller": controller.id, "timeout_s": 900,
+            "controller": controller.id, "timeout_s": 900, "secret_env": mlflow.client_env,
         }, pulumi.ResourceOptions(depends_on=[controller, *candidates.values()]))
         metrics = pulumi.Output.all(scenario.result, candidates["good"].metrics, candidates["bad"].metrics).apply(
             lambda v: automation_metrics(*v))

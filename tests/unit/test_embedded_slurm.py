@@ -10,8 +10,8 @@ def test_slurm_conf_has_gres_ports_and_state_under_one_folder():
     assert "SlurmctldPort=16817" in conf and "SlurmdPort=16818" in conf
     assert "GresTypes=gpu" in conf and "PartitionName=debug Nodes=ALL Default=YES" in conf
     assert "StateSaveLocation=/tmp/x/slurm/state" in conf and "AuthInfo=socket=/tmp/x/munge/munge.socket" in conf
-    # slurmd binds its NodeAddr (127.0.0.1) only, not every interface
-    assert "CommunicationParameters=NoInAddrAny" in conf and "SlurmctldHost=localhost(127.0.0.1)" in conf
+    # slurmd binds its NodeAddr, slurmctld its SlurmctldHost address (127.0.0.1) only, not every interface
+    assert "CommunicationParameters=NoInAddrAny,NoCtldInAddrAny" in conf and "SlurmctldHost=localhost(127.0.0.1)" in conf
 
 
 def test_no_gres_line_without_gpus():

@@ -81,7 +81,7 @@ def test_direction_and_tolerance_come_from_the_targets_table():
 @pytest.mark.parametrize("block, says", [
     ("tolerance: -1", "history.tolerance: Input should be greater than or equal to 0"),
     ("units: {ms: fast}", "history.units.ms:"),
-    ("units: {sec: 0.5}", "history.units.sec: no target has this unit (they have: %, GPUs, bool,"),
+    ("units: {sec: 0.5}", "history.units.sec: no target has this unit (they have: %, GPUs,"),
     ("metrics: {mlops_4_1.p95: {tolerance: 0.1}}", "history.metrics.mlops_4_1.p95: no target measures it"),
     ("metrics: {mlops_4_1.p95_ms: {better: up}}", "history.metrics.mlops_4_1.p95_ms.better:"),
     ("speed: 1", "history.speed: Extra inputs are not permitted"),

@@ -50,25 +50,26 @@ def test_a_thing_that_vanished_outside_pulumi_is_made_again():
 
 # -- staging ------------------------------------------------------------------------------------------------
 class FakeConnection:
-    """Records the commands; `fail` makes every command fail as an unreachable cluster would."""
+    """Records the removals; `fail` makes them fail as an unreachable cluster would."""
 
     def __init__(self, fail=False):
-        self.commands, self.fail = [], fail
+        self.removed, self.fail = [], fail
 
-    def run(self, script, **_):
-        self.commands.append(script)
+    def remove(self, path, root, **_):
+        self.removed.append((path, root))
         if self.fail:
-            raise ClusterError("cannot reach the cluster")
+            raise ClusterError(f"cannot remove {path} on x: cannot reach the cluster")
 
 
-def test_staging_delete_removes_the_copy_and_tolerates_a_cluster_already_gone(monkeypatch):
+def test_staging_delete_removes_the_copy_inside_its_folder_and_fails_naming_it_when_it_cannot(monkeypatch):
     conn = FakeConnection()
     monkeypatch.setattr(staging.Connection, "from_props", staticmethod(lambda props: conn))
-    staging._StagingProvider().delete("id", {"connection": {}, "destination": "/shared/x y"})
-    assert conn.commands == ["rm -rf '/shared/x y'"]
+    staging._StagingProvider().delete("id", {"connection": {}, "destination": "/shared/x y/"})
+    assert conn.removed == [("/shared/x y", "/shared")]
     gone = FakeConnection(fail=True)
     monkeypatch.setattr(staging.Connection, "from_props", staticmethod(lambda props: gone))
-    staging._StagingProvider().delete("id", {"connection": {}, "destination": "/shared/x"})
+    with pytest.raises(ClusterError, match="cannot remove /shared/x on x"):  # shared storage outlives the cluster
+        staging._StagingProvider().delete("id", {"connection": {}, "destination": "/shared/x"})
     assert staging._StagingProvider.settings_only == ("connection",)
 
 

@@ -61,7 +61,7 @@ def sbatch(args):
 def run(job):
     time.sleep(float(os.environ.get("FAKE_PENDING_S", "0.2")))
     rec = load(job)
-    if rec["state"] != "PENDING": return
+    if rec["state"] != "PENDING" or os.environ.get("FAKE_NODES_DOWN"): return
     gpus = rec["gres"].split(":")[-1] if rec["gres"] else ""
     env = {**os.environ, "SLURM_JOB_ID": str(job), "SLURM_NTASKS": "1", "SLURM_CPUS_PER_TASK": "1"}
     if gpus:
@@ -81,7 +81,10 @@ def scontrol(args):
     if rec is None or os.environ.get("FAKE_PURGED"):
         sys.stderr.write("slurm_load_jobs error: Invalid job id specified\n"); sys.exit(1)
     ran = (rec["end"] or time.time()) - rec["start"] if rec["start"] else 0
-    print(f"JobId={job} JobName={rec['name']} UserId=root(0) JobState={rec['state']} Reason=None "
+    down = os.environ.get("FAKE_NODES_DOWN", "") if rec["state"] == "PENDING" else ""
+    reason = "Nodes_required_for_job_are_DOWN,_DRAINED" if down == "reason" else "None"
+    print(f"JobId={job} JobName={rec['name']} UserId=root(0) JobState={rec['state']} Reason={reason} "
+          f"Restarts={1 if down == 'requeued' else 0} "
           f"ExitCode={rec['exit']} RunTime={clock(ran)} SubmitTime={int(rec['submit'])} "
           f"StartTime={int(rec['start']) if rec['start'] else 'Unknown'} EndTime={int(rec['end']) if rec['end'] else 'Unknown'} "
           f"NodeList={'fakenode' if rec['start'] else '(null)'} Command={rec['script']} StdOut={rec['out']}")
@@ -235,6 +238,18 @@ def test_a_job_past_its_timeout_is_cancelled(slurm):
     assert out.returncode == 3 and "after 1 s; cancelled it" in out.stderr
     job_id = (slurm.job_dir / "job_id").read_text().strip()
     assert f"scancel {job_id}" in slurm.calls() and slurm.job(job_id)["state"] == "CANCELLED"
+
+
+@pytest.mark.parametrize("how", ["reason", "requeued"])
+def test_a_job_waiting_on_down_nodes_is_cancelled_and_fails_naming_it(slurm, monkeypatch, how):
+    monkeypatch.setenv("FAKE_NODES_DOWN", how)  # slurmd gone: the job pends (requeued) for as long as it is
+    started = time.monotonic()
+    out = submit(slurm.job_dir, script(slurm.job_dir, "echo never"), "--nodes-down-grace", "1")
+    job_id = (slurm.job_dir / "job_id").read_text().strip()
+    assert out.returncode == 4 and time.monotonic() - started < 20
+    assert f"SLURM job {job_id} (mnist) cannot run: its nodes are down" in out.stderr
+    assert ("requeued 1x after a node failure" in out.stderr) == (how == "requeued")
+    assert slurm.job(job_id)["state"] == "CANCELLED"
 
 
 def test_a_rerun_of_the_same_job_starts_from_a_clean_folder(slurm):

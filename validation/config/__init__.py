@@ -110,12 +110,22 @@ class Settings(Section):
                 "kubernetes": self.kubernetes is not None}
 
 
+def _key_part(part) -> str:
+    # A key as typed, quoted where it is no plain name (a typo with a space or newline stays on one line).
+    text = str(part)
+    return text if text.replace("-", "_").isidentifier() or text.isdigit() else repr(text)
+
+
 def _describe(error: dict) -> str:
-    key = ".".join(str(part) for part in error["loc"] if part not in ("function-after",))
-    message = error["msg"].removeprefix("Value error, ")
+    key = ".".join(_key_part(part) for part in error["loc"] if part not in ("function-after",))
+    message = " ".join(error["msg"].removeprefix("Value error, ").split())
     got = error.get("input")
-    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {_shorten(repr(got))})"
     return f"{PROJECT}:{key}: {message}{shown}" if key else f"{PROJECT}: {message}"
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse(raw: dict) -> Settings:
@@ -125,8 +135,13 @@ def parse(raw: dict) -> Settings:
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe(e) for e in exc.errors())) from None
     datasets = Path(settings.datasets_dir)
-    if not datasets.is_dir():
-        raise ConfigError(f"{PROJECT}:datasetsDir: no such directory: {datasets}")
+    try:
+        found = datasets.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise ConfigError(f"{PROJECT}:datasetsDir: not a usable path ({exc.__class__.__name__}): "
+                          f"{_shorten(repr(settings.datasets_dir))}") from None
+    if not found:
+        raise ConfigError(f"{PROJECT}:datasetsDir: no such directory: {_shorten(repr(str(datasets)))}")
     from stacks.tasks import TASKS
 
     for task in TASKS:

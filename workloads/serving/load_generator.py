@@ -277,7 +277,8 @@ def locust_command(url: str, path: str, body: Path, stage: Stage, seconds: float
 
 def run_stage(url: str, path: str, body: Path, stage: Stage, seconds: float, timeout_s: float, workdir: Path,
               expect: str = "") -> tuple[dict, list[dict]]:
-    prefix = workdir / stage.name.replace(",", "_").replace("=", "")
+    # A folder of its own: stages of the same name (a soak repeats one) must not share, and so append to, one log.
+    prefix = Path(tempfile.mkdtemp(prefix="stage-", dir=workdir)) / stage.name.replace(",", "_").replace("=", "")
     argv, env, request_log = locust_command(url, path, body, stage, seconds, timeout_s, prefix, expect)
     started = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 120)

@@ -115,11 +115,28 @@ def count_requests(model) -> None:
     model.predict = predict_counted
 
 
+def answer_bad_bodies_with_4xx() -> None:
+    """A body FastAPI cannot validate is answered 422 with the reasons, never 500. FastAPI's own answer echoes the
+    input, and a JSON body of NaN or Infinity then fails to render (500 "Out of range float values are not JSON
+    compliant"; found by tests/workloads/test_serving_fuzz.py), so the reasons go back without the input."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from kserve.model_server import app
+
+    async def invalid_body(_request, exc: RequestValidationError):
+        reasons = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                            for e in exc.errors()[:5])
+        return JSONResponse(status_code=422, content={"error": f"invalid request body: {reasons}"})
+
+    app.add_exception_handler(RequestValidationError, invalid_body)
+
+
 def serve(model, host: str, http_port: int) -> None:
     """Run KServe's ModelServer (REST only, one worker) with MODEL, on HOST:PORT."""
     from kserve import ModelServer
 
     bind_host(host)
     count_requests(model)
+    answer_bad_bodies_with_4xx()
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # one line a request otherwise
     ModelServer(http_port=http_port, enable_grpc=False, workers=1).start([model])
