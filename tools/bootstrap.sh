@@ -24,6 +24,8 @@ stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
 # -- Debian packages ---------------------------------------------------------------------------------
 APT_PACKAGES="slurm-wlm munge openssh-server openssh-client rsync"
+# Apptainer's build and run dependencies (tools/setup/apptainer.sh), debootstrap for its image of the workloads
+APT_PACKAGES+=" libseccomp-dev libtalloc-dev libattr1-dev libprotobuf-c-dev uidmap fakeroot cryptsetup squashfs-tools squashfuse debootstrap"
 if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
   step "Debian packages: $APT_PACKAGES"
   if [ "$(id -u)" != 0 ]; then echo "bootstrap: installing Debian packages needs root" >&2; exit 1; fi
@@ -140,4 +142,5 @@ if { ! command -v minio >/dev/null || [ "$(command -v minio)" = "$BIN/minio" ]; 
   (cd tools/go/minio && GOFLAGS=-mod=mod go build -trimpath -o "$BIN/minio" github.com/minio/minio)
   echo "$MINIO_VERSION" > "$BIN/.minio-stamp"
 fi
+tools/setup/apptainer.sh  # Apptainer (hpc.container), built once from ../shared/vendor when not on PATH
 echo "bootstrap: ready in ${SECONDS} s ($("$BIN/pulumi" version), Python SDK ${PULUMI_PY_SDK_VERSION#v})"
