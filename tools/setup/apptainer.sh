@@ -39,7 +39,9 @@ build() {
   "$@" >>"$log" 2>&1 || { tail -n 20 "$log" >&2; die "Apptainer $APPTAINER_VERSION build failed at '$stage' (log: $log)"; }
   echo "    $stage done in $((SECONDS - t0)) s"
 }
-export GOFLAGS=-mod=mod
+# Apptainer's Makefile runs `go clean -cache` before building its starter: its own Go cache, or it would empty the
+# user's (and break a Go build running beside it).
+export GOFLAGS=-mod=mod GOCACHE=$src/.go-cache
 (cd "$src" && build "mconfig" ./mconfig --prefix="$PREFIX" \
    && build "make (Go and C, the long part)" make -C builddir \
    && rm -rf "$PREFIX" && build "make install" make -C builddir install)
