@@ -56,7 +56,7 @@ class Run:
         if s.hpc.container.enabled:
             if not s.hpc.container.image:  # the embedded cluster builds its own from workloads/apptainer.def
                 image = ContainerImage("workloads-image", hpc.root.apply(lambda r: f"{r}/images"),
-                                       s.cluster_apptainer())
+                                       s.cluster_apptainer(), s.hpc.container_exec_mode)
             run = dict(apptainer=s.cluster_apptainer(), exec_mode=s.hpc.container_exec_mode,
                        binds=tuple(s.hpc.container.binds), nv=s.hpc.gpu_model is not None)
             container = pulumi.Output.all(image.path, image.sha256).apply(

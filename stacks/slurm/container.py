@@ -27,7 +27,8 @@ from pulumi_command import local
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = REPO_ROOT / "workloads" / "apptainer.def"
 # What the image is made of: the definition and the requirements of the environment it copies.
-IMAGE_INPUTS = (DEFINITION, *sorted((REPO_ROOT / "workloads").glob("requirements*.txt")))
+IMAGE_INPUTS = (DEFINITION, *sorted((REPO_ROOT / "workloads").glob("requirements*.txt")),
+                *sorted((REPO_ROOT / "workloads" / "image").iterdir()))
 # The privileges `apptainer exec` runs with (hpc.container.execMode).
 EXEC_FLAGS = {"plain": [], "no-privs": ["--no-privs"], "drop-caps": ["--drop-caps", "CAP_SYS_RESOURCE"],
               "userns": ["--userns"]}
@@ -43,9 +44,14 @@ def image_digest(files: tuple[Path, ...] = IMAGE_INPUTS) -> str:
     return h.hexdigest()[:16]
 
 
-def build_script(apptainer: str, image: str, definition: str = str(DEFINITION)) -> str:
-    """The create command: build next to the target name, then move it in place (never half an image), and print the
-    image's facts as JSON on stdout; apptainer's progress goes to stderr (the Pulumi console)."""
+# What the built image must import before any job runs in it.
+SMOKE_TEST = "import numpy, torch; print('image:', __import__('sys').version.split()[0], 'torch', torch.__version__)"
+
+
+def build_script(apptainer: str, image: str, exec_mode: str = "plain", definition: str = str(DEFINITION)) -> str:
+    """The create command: build next to the target name, try it (the workloads' Python imports torch), then move it
+    in place (never half an image), and print the image's facts as JSON on stdout; apptainer's progress goes to stderr
+    (the Pulumi console)."""
     q = shlex.quote
     img, part, app = q(image), q(f"{image}.part"), q(apptainer)
     return "\n".join([
@@ -54,6 +60,9 @@ def build_script(apptainer: str, image: str, definition: str = str(DEFINITION)) 
         "start=$(date +%s%N)",
         f"{app} build --force --mksquashfs-args {q(SQUASHFS_ARGS)} {part} {q(definition)} >&2"
         f" || {{ rm -f {part}; echo 'apptainer build of {definition} failed' >&2; exit 1; }}",
+        f"{app} exec {' '.join(map(q, EXEC_FLAGS[exec_mode]))} {part} python3 -c {q(SMOKE_TEST)} >&2"
+        f" && {app} exec {' '.join(map(q, EXEC_FLAGS[exec_mode]))} {part} python3-oumi -c 'import oumi' >&2"
+        f" || {{ rm -f {part}; echo 'the image built from {definition} cannot import torch or oumi' >&2; exit 1; }}",
         f"mv -f {part} {img}",
         "seconds=$(awk -v a=\"$start\" -v b=\"$(date +%s%N)\" 'BEGIN {printf \"%.1f\", (b - a) / 1e9}')",
         f"sha=$(sha256sum {img} | cut -d' ' -f1); bytes=$(stat -c %s {img}); version=$({app} version)",
@@ -65,13 +74,13 @@ def build_script(apptainer: str, image: str, definition: str = str(DEFINITION)) 
 class ContainerImage(pulumi.ComponentResource):
     """The workloads' image, built from workloads/apptainer.def into `folder` on shared storage."""
 
-    def __init__(self, name: str, folder: pulumi.Input[str], apptainer: str,
+    def __init__(self, name: str, folder: pulumi.Input[str], apptainer: str, exec_mode: str,
                  opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlops:hpc:ContainerImage", name, None, opts)
         digest = image_digest()
         image = pulumi.Output.from_input(folder).apply(lambda d: f"{d.rstrip('/')}/mlops-workloads-{digest}.sif")
         self.command = local.Command(
-            f"{name}-build", dir=str(REPO_ROOT), create=image.apply(lambda i: build_script(apptainer, i)),
+            f"{name}-build", dir=str(REPO_ROOT), create=image.apply(lambda i: build_script(apptainer, i, exec_mode)),
             delete=image.apply(lambda i: "rm -f " + " ".join(shlex.quote(i + x) for x in ("", ".part", ".sha256"))),
             triggers=[digest, image], logging=local.Logging.STDERR,
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))

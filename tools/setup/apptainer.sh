@@ -42,6 +42,8 @@ build() {
 # Apptainer's Makefile runs `go clean -cache` before building its starter: its own Go cache, or it would empty the
 # user's (and break a Go build running beside it).
 export GOFLAGS=-mod=mod GOCACHE=$src/.go-cache
+# Its version comes from `git describe` when the source sits inside a git repository (this one), else from VERSION.
+export GIT_CEILING_DIRECTORIES=$ROOT/.tools/cache:$(realpath -m "$ROOT/.tools/cache")
 (cd "$src" && build "mconfig" ./mconfig --prefix="$PREFIX" \
    && build "make (Go and C, the long part)" make -C builddir \
    && rm -rf "$PREFIX" && build "make install" make -C builddir install)
