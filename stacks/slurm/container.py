@@ -80,7 +80,7 @@ class ContainerImage(pulumi.ComponentResource):
         digest = image_digest()
         image = pulumi.Output.from_input(folder).apply(lambda d: f"{d.rstrip('/')}/mlops-workloads-{digest}.sif")
         self.command = local.Command(
-            f"{name}-build", dir=str(REPO_ROOT), create=image.apply(lambda i: build_script(apptainer, i, exec_mode)),
+            f"{name}-build", dir=str(REPO_ROOT), interpreter=["/bin/bash", "-c"], create=image.apply(lambda i: build_script(apptainer, i, exec_mode)),
             delete=image.apply(lambda i: "rm -f " + " ".join(shlex.quote(i + x) for x in ("", ".part", ".sha256"))),
             triggers=[digest, image], logging=local.Logging.STDERR,
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
