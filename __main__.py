@@ -15,6 +15,8 @@ if run.hpc.login is not None:  # the embedded login node, as a site stack would 
     pulumi.export("embedded_login", pulumi.Output.all(run.hpc.login, run.hpc.login_known_hosts).apply(
         lambda v: {**v[0], "known_hosts_file": v[1]}))
     pulumi.export("embedded_ssh_private_key", pulumi.Output.secret(run.hpc.login_private_key))
+if run.image is not None:  # hpc.container on the embedded cluster: the image the stack built, and how long it took
+    pulumi.export("container_image", run.image.facts)
 pulumi.export("validation", {
     "stack": run.stack, "profile": s.profile, "tasks": list(s.tasks), "platform": s.platform,
     "hpc_target": run.hpc.where, "cluster_id": run.hpc.cluster_id, "shared_storage": run.hpc.root,

@@ -10,6 +10,7 @@ from typing import Any, Callable, TypeVar
 import pulumi
 
 from stacks import config
+from stacks.slurm.container import ContainerImage, ContainerRun, inside_fraction
 from stacks.slurm.job import WorkloadContext
 from stacks.slurm.staging import (StagedDirectory, StagedDirectoryArgs, check_against_sums, manifest,
                                   manifest_digest, preflight)
@@ -34,6 +35,7 @@ class Run:
     cfg: config.StackConfig
     hpc: HpcTarget
     jobs: WorkloadContext  # submits the workloads as SLURM jobs (stacks/slurm/job.py)
+    image: Any = None  # hpc.container on the embedded cluster: the image the stack built (stacks/slurm/container.py)
     built: dict[str, Measured] = field(default_factory=dict)
     _fixtures: dict[str, Any] = field(default_factory=dict)
 
@@ -50,13 +52,23 @@ class Run:
         code = StagedDirectory("workloads-code", StagedDirectoryArgs(
             connection=hpc.connection, cluster_id=hpc.cluster_id, source=str(WORKLOADS),
             destination=hpc.root.apply(lambda r: f"{r}/code/workloads"), files=code_files))
+        image, container = None, None
+        if s.hpc.container.enabled:
+            if not s.hpc.container.image:  # the embedded cluster builds its own from workloads/apptainer.def
+                image = ContainerImage("workloads-image", hpc.root.apply(lambda r: f"{r}/images"),
+                                       s.cluster_apptainer(), s.hpc.container_exec_mode)
+            run = dict(apptainer=s.cluster_apptainer(), exec_mode=s.hpc.container_exec_mode,
+                       binds=tuple(s.hpc.container.binds), nv=s.hpc.gpu_model is not None)
+            container = pulumi.Output.all(image.path, image.sha256).apply(
+                lambda v: ContainerRun(image=v[0], expected_sha256=v[1], **run)) if image else \
+                ContainerRun(image=s.hpc.container.image, **run)
         jobs = WorkloadContext(
             connection=hpc.connection, cluster_id=hpc.cluster_id, root=hpc.root,
             code_dir=code.path.apply(lambda p: p.rsplit("/", 1)[0]), python=s.cluster_python(),
             partition=s.hpc.partition, gpus_per_node=s.hpc.gpus_per_node, cpus_per_task=s.hpc.cpus_per_task,
-            container_image=s.hpc.container.image, code_version=manifest_digest(code_files),
+            container=container, code_version=manifest_digest(code_files),
             submit_via="local" if s.hpc.target == "embedded" and s.hpc.embedded.submit_via == "local" else "ssh")
-        return cls(cfg=cfg, hpc=hpc, jobs=jobs)
+        return cls(cfg=cfg, hpc=hpc, jobs=jobs, image=image)
 
     @property
     def settings(self) -> Settings:
@@ -72,8 +84,21 @@ class Run:
         the training jobs, nor a health check read GPUs that are training."""
         platform_done = [r for name, m in self.built.items() if BY_NAME[name].spec == "platform" for r in m.done]
         self.jobs = replace(self.jobs, after=platform_done)
-        self.built[task.name] = measured = task().build(self)
+        first = len(self.jobs.made)
+        measured = task().build(self)
+        if self.settings.hpc.container.enabled and self.jobs.made[first:]:
+            measured = replace(measured, metrics=self._with_container(measured.metrics, self.jobs.made[first:]))
+        self.built[task.name] = measured
         return measured
+
+    def _with_container(self, metrics: pulumi.Input[dict], jobs: list) -> pulumi.Output[dict]:
+        """The task's metrics plus what its jobs measured of the container (hpc.container): each job's facts, and
+        the share of them whose workload recorded it ran inside the image (the target `<task>_in_container`)."""
+        container = pulumi.Output.from_input(self.jobs.container)
+        return pulumi.Output.all(metrics, container, *(j.container for j in jobs)).apply(lambda v: {
+            **v[0], "container": {"image": v[1].image, "built_sha256": v[1].expected_sha256,
+                                  "jobs": {j.job_name: c for j, c in zip(jobs, v[2:])}},
+            "container_jobs_inside": inside_fraction(list(v[2:]), v[1].image, v[1].expected_sha256)})
 
     def runs(self, task: str) -> bool:
         return task in self.settings.tasks

@@ -28,6 +28,8 @@ APT_PACKAGES="slurm-wlm munge openssh-server openssh-client rsync systemd"  # sy
 # the node exporter, started by `pulumi up` on 127.0.0.1, never as the packages' own services.
 MONITORING_PACKAGES="prometheus prometheus-alertmanager prometheus-node-exporter"
 APT_PACKAGES="$APT_PACKAGES $MONITORING_PACKAGES"
+# Apptainer's build and run dependencies (tools/setup/apptainer.sh), debootstrap for its image of the workloads
+APT_PACKAGES+=" libseccomp-dev libtalloc-dev libattr1-dev libprotobuf-c-dev uidmap fakeroot cryptsetup squashfs-tools squashfuse debootstrap"
 if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
   step "Debian packages: $APT_PACKAGES"
   if [ "$(id -u)" != 0 ]; then echo "bootstrap: installing Debian packages needs root" >&2; exit 1; fi
@@ -159,4 +161,5 @@ if ! { stamp_ok "$BIN/.actionlint-stamp" "$ACTIONLINT_VERSION" && [ -x "$BIN/act
      github.com/rhysd/actionlint/cmd/actionlint)
   echo "$ACTIONLINT_VERSION" > "$BIN/.actionlint-stamp"
 fi
+tools/setup/apptainer.sh  # Apptainer (hpc.container), built once from ../shared/vendor when not on PATH
 echo "bootstrap: ready in ${SECONDS} s ($("$BIN/pulumi" version), Python SDK ${PULUMI_PY_SDK_VERSION#v})"

@@ -27,15 +27,15 @@ OPS = (*_OPS, "between")
 SOURCES = ("spec", "goal")
 STATUSES = ("pass", "fail", "not_applicable", "missing")
 # The config keys that declare what a scope needs; a not-applicable reason always names one of them.
-DECLARING_KEYS = ("hpc.gpu", "serving.gpu", "kubernetes")  # the config keys that declare the hardware
+DECLARING_KEYS = ("hpc.gpu", "serving.gpu", "kubernetes", "hpc.container")  # the config keys that declare the hardware
 RESULT_KEYS = ("metrics", "hardware", "platform", "targets", "summary")
 
 
 def scope_ok(scope: Any) -> bool:
-    """any | gpu | kubernetes | gpu:<class> (a GPU kind, e.g. gpu:h200)."""
+    """any | gpu | kubernetes | container | gpu:<class> (a GPU kind, e.g. gpu:h200)."""
     if not isinstance(scope, str):
         return False
-    if scope in ("any", "gpu", "kubernetes"):
+    if scope in ("any", "gpu", "kubernetes", "container"):
         return True
     kind, _, cls = scope.partition(":")
     return kind == "gpu" and bool(cls.strip()) and cls == cls.strip()
@@ -85,6 +85,11 @@ class Target:
                 return None
             return ("needs a Kubernetes cluster; the config declares none (`kubernetes` not set). "
                     "Measured where a site sets `kubernetes`")
+        if self.applies_to == "container":
+            if platform.get("container"):
+                return None
+            return ("needs container jobs; the config runs none (`hpc.container` runtime: none). "
+                    "Measured where a stack sets `hpc.container`")
         gpu, key = platform.get("gpu"), platform.get("gpu_key", "hpc.gpu")
         if not gpu:
             return (f"GPU target; the config declares no real GPU (`{key}`: none). "
@@ -138,7 +143,7 @@ def load_targets(path: Path = TARGETS_FILE) -> tuple[Target, ...]:
             raise ValueError(f"{where}: unknown op {target.op!r} (allowed: {', '.join(OPS)})")
         if not scope_ok(target.applies_to):
             raise ValueError(f"{where}: unknown scope applies_to={target.applies_to!r} "
-                             "(allowed: any, gpu, kubernetes, gpu:<class>)")
+                             "(allowed: any, gpu, kubernetes, container, gpu:<class>)")
         if target.source not in SOURCES:
             raise ValueError(f"{where}: unknown source {target.source!r} (allowed: {', '.join(SOURCES)})")
         bad = _check_threshold(target)

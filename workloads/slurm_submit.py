@@ -197,11 +197,16 @@ def document(job_dir: str, record: dict) -> dict:
     else:
         to_start = record.get("slurm_submit_to_start_seconds")
     metrics = _read_json(os.path.join(job_dir, "metrics.json")) if record.get("metrics_file", True) else None
+    # hpc.container: what the job measured of the image (container_env.json) and what the workload's own process saw
+    # inside it (container.json, workloads/container_facts.py)
+    container = _read_json(os.path.join(job_dir, "container_env.json"))
+    if container is not None:
+        container["inside"] = _read_json(os.path.join(job_dir, "container.json"))
     return {"job_id": record["job_id"], "name": record.get("name", ""), "state": record["state"],
             "exit_code": record["exit_code"], "node": record["node"], "reason": record.get("reason", ""),
             "elapsed_seconds": record.get("elapsed_seconds"), "submit_to_start_seconds": to_start,
             "gres_env": env, "metrics": metrics or {}, "job_dir": job_dir, "log_path": record["log_path"],
-            "log_tail": log_tail(record["log_path"])}
+            "log_tail": log_tail(record["log_path"]), "container": container}
 
 
 def failure_message(record: dict) -> str:

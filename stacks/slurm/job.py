@@ -48,11 +48,13 @@ from typing import Any, Optional
 import pulumi
 from pulumi_command import local, remote
 
+from stacks.slurm.container import ContainerRun
+
 TEMPLATE = Path(__file__).with_name("templates") / "sbatch.sh"
 SUBMIT_SCRIPT = "workloads/slurm_submit.py"  # relative to the staged code folder
 DIAL_ERROR_LIMIT = 3  # the provider's default is 10 dials (15 s each): an unreachable login node must fail fast
 _OUTPUTS = ("job_id", "state", "exit_code", "node", "elapsed_seconds", "submit_to_start_seconds", "gres_env",
-            "metrics", "job_dir", "log_path", "log_tail")
+            "metrics", "job_dir", "log_path", "log_tail", "container")
 
 
 # -- plain functions the component and tests share ------------------------------------------------------------------
@@ -174,6 +176,7 @@ class SbatchJob(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: SbatchJobArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlops:hpc:SbatchJob", name, None, opts)
+        self.job_name = name
         if args.submit_script is None:
             raise ValueError("SbatchJobArgs.submit_script: the staged workloads/slurm_submit.py is needed")
         if args.submit_via not in ("ssh", "local"):
@@ -225,14 +228,16 @@ class SbatchJob(pulumi.ComponentResource):
         self.job_dir: pulumi.Output[str] = doc["job_dir"]
         self.log_path: pulumi.Output[str] = doc["log_path"]
         self.log_tail: pulumi.Output[str] = doc["log_tail"]
+        # hpc.container: the image and Apptainer the job measured, and what its workload saw inside; else None
+        self.container: pulumi.Output[Optional[dict]] = doc.apply(lambda d: d.get("container"))
         self.register_outputs({"job_id": self.job_id, "state": self.state, "metrics": self.metrics})
 
     def summary(self) -> pulumi.Output[dict]:
         """What the stack exports about the job itself."""
-        return pulumi.Output.all(self.job_id, self.state, self.exit_code, self.node, self.elapsed_seconds,
-                                 self.submit_to_start_seconds, self.gres_env, self.log_path).apply(
-            lambda v: dict(zip(("job_id", "state", "exit_code", "node", "elapsed_seconds",
-                                "submit_to_start_seconds", "gres_env", "log_path"), v)))
+        keys = ("job_id", "state", "exit_code", "node", "elapsed_seconds", "submit_to_start_seconds", "gres_env",
+                "log_path", "container")
+        return pulumi.Output.all(*(getattr(self, k) for k in keys)).apply(
+            lambda v: {k: x for k, x in zip(keys, v) if k != "container" or x is not None})
 
 
 def _local_env(conn: dict) -> dict:
@@ -243,17 +248,20 @@ def _local_env(conn: dict) -> dict:
 
 
 def workload_command(python: str, code_dir: str, module: str, args: str, shared_root: str,
-                     container_image: Optional[str] = None, tasks: int = 1) -> str:
+                     container: Optional[ContainerRun] = None, tasks: int = 1, gpus: int = 0) -> str:
     """The job's command line for a workload entry point: `python -m workloads.<task> ...`, run from the
-    staged code, inside the site's Apptainer image when one is configured, and under `srun` (one process
-    a task, which is how multi-GPU jobs find their rank) when the job has several tasks."""
+    staged code, inside the Apptainer image when `hpc.container` is set (checked first, its facts recorded by the
+    workload's own process: stacks/slurm/container.py), and under `srun` (one process a task, which is how multi-GPU
+    jobs find their rank) when the job has several tasks."""
     run = f"{python} -m {module} {args}"
-    if container_image:
-        run = (f"apptainer exec --nv --bind {shlex.quote(shared_root)} --env PYTHONPATH={shlex.quote(code_dir)} "
-               f"{shlex.quote(container_image)} {run}")
+    checks = ""
+    if container:
+        inside = " ".join(shlex.quote(a) for a in container.exec_argv(shared_root, code_dir, gpus))
+        run = f"{inside} {python} -m workloads.container_facts --out $JOB_DIR/container.json {module} {args}"
+        checks = container.lines(shared_root) + "\n"
     if tasks > 1:
         run = f"srun --ntasks={tasks} --kill-on-bad-exit=1 {run}"
-    return f"cd {shlex.quote(code_dir)}\nexport PYTHONPATH={shlex.quote(code_dir)}\n{run}"
+    return f"{checks}cd {shlex.quote(code_dir)}\nexport PYTHONPATH={shlex.quote(code_dir)}\n{run}"
 
 
 @dataclass
@@ -268,19 +276,21 @@ class WorkloadContext:
     partition: str
     gpus_per_node: int
     cpus_per_task: int
-    container_image: Optional[str] = None
+    container: pulumi.Input[Optional[ContainerRun]] = None  # hpc.container: the image and how to exec in it
     code_version: str = ""  # hash of the staged code: new code re-runs the jobs
     submit_via: str = "ssh"  # "local" where the connection is local (hpc.embedded.submitVia: local)
     login_python: str = "python3"
     after: list = field(default_factory=list)  # resources every job waits for (the platform checks)
+    made: list = field(default_factory=list)  # every job made so far, in order (shared by its copies)
 
     def job(self, name: str, module: str, args: pulumi.Input[str], gpus: int = 0, cpus: Optional[int] = None,
             tasks: int = 1, time_limit_minutes: int = 30, data: Optional[list] = None,
             opts: Optional[pulumi.ResourceOptions] = None) -> SbatchJob:
         """One workload job; `data` lists the digests of the staged data it reads (new data re-runs it)."""
-        command = pulumi.Output.all(self.code_dir, self.root, args).apply(
-            lambda v: workload_command(self.python, v[0], module, v[2], v[1], self.container_image, tasks))
-        return SbatchJob(name, SbatchJobArgs(
+        command = pulumi.Output.all(self.code_dir, self.root, args, self.container).apply(
+            lambda v: workload_command(self.python, v[0], module, v[2], v[1], v[3], tasks,
+                                       gpus if self.gpus_per_node else 0))
+        job = SbatchJob(name, SbatchJobArgs(
             connection=self.connection, cluster_id=self.cluster_id, job_root=self.root.apply(lambda r: f"{r}/jobs"),
             command=command, submit_script=pulumi.Output.from_input(self.code_dir).apply(
                 lambda d: f"{d.rstrip('/')}/{SUBMIT_SCRIPT}"),
@@ -289,3 +299,5 @@ class WorkloadContext:
             code_version=self.code_version, data=list(data or []), submit_via=self.submit_via,
             login_python=self.login_python),
             pulumi.ResourceOptions.merge(pulumi.ResourceOptions(depends_on=list(self.after)), opts))
+        self.made.append(job)
+        return job

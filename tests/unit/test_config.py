@@ -8,7 +8,8 @@ def test_defaults_are_the_embedded_smoke_profile():
     s = parse({})
     assert s.profile == "smoke" and s.hpc.target == "embedded" and s.tasks == [t.name for t in TASKS]
     assert s.option("storage.size_mb") == 64 and s.option("slurm_probe.jobs") == 10
-    assert s.platform == {"gpu": None, "gpu_key": "hpc.gpu", "gpus_per_node": 2, "kubernetes": False}
+    assert s.platform == {"gpu": None, "gpu_key": "hpc.gpu", "gpus_per_node": 2, "kubernetes": False,
+                          "container": False}
     assert s.shared_storage("dev") == "/tmp/mlops-validation/dev/shared"
     assert s.cluster_python().endswith(".venv-workloads/bin/python")
 
@@ -51,7 +52,8 @@ def test_declared_gpu_decides_where_gpu_targets_apply():
     ({"hpc": {"target": "ssh"}}, "mlops-validation:hpc", "needs 'ssh: {host, port, user}'"),
     ({"hpc": {"target": "ssh", "ssh": {"host": "h", "user": "u"}}}, "mlops-validation:hpc", "sharedStorage"),
     ({"hpc": {"sharedStorage": "relative/path"}}, "mlops-validation:hpc", "absolute path"),
-    ({"hpc": {"container": {"runtime": "apptainer"}}}, "mlops-validation:hpc.container", "needs 'image'"),
+    ({"hpc": {"container": {"runtime": "apptainer", "image": "w.sif"}}}, "mlops-validation:hpc.container",
+     "absolute paths"),
     ({"hpc": {"embedded": {"basePort": 80}}}, "mlops-validation:hpc.embedded.basePort", "1024"),
     ({"datasetsDir": "/no/such/dir"}, "mlops-validation:datasetsDir", "no such directory"),
 ])

@@ -147,7 +147,8 @@ def test_real_table_on_a_gpu_site_whose_jobs_fell_back_to_cpu():
     for rid in ("mnist_train_time", "mnist_train_time_goal", "mnist_gpu_utilization"):
         assert verdicts[rid]["status"] == "fail" and "job train ran on cpu (Intel Xeon)" in verdicts[rid]["reason"]
     assert verdicts["mnist_accuracy"]["status"] == "pass"
-    on_gpu = {r["id"]: r["status"] for r in evaluate("mlops_1_1", metrics, ON_H200, H200)}
+    in_image = {**metrics, "container_jobs_inside": 1.0}
+    on_gpu = {r["id"]: r["status"] for r in evaluate("mlops_1_1", in_image, ON_H200, {**H200, "container": True})}
     assert set(on_gpu.values()) == {"pass"}
 
 
@@ -156,7 +157,8 @@ def test_task_result_records_hardware_platform_and_records():
                          jobs={"write": {"job_id": "1"}})
     assert result["hardware"] == {"device": "n/a"} and result["platform"] == NO_GPU
     assert result["jobs"] == {"write": {"job_id": "1"}}
-    assert result["summary"] == {"pass": 1, "fail": 0, "not_applicable": 0, "missing": 0}
+    # storage_in_container: not applicable, the platform runs no containers
+    assert result["summary"] == {"pass": 1, "fail": 0, "not_applicable": 1, "missing": 0}
     with pytest.raises(ValueError, match="platform"):
         task_result("storage", {}, {"device": "n/a"}, {})
     with pytest.raises(ValueError, match="targets"):

@@ -98,7 +98,14 @@ class Settings(Section):
             return self.hpc.oumi_python
         if self.hpc.target == "embedded" and self.hpc.container.runtime == "none" and not self.hpc.python:
             return str(REPO_ROOT / ".venv-oumi" / "bin" / "python")
+        if self.hpc.container.enabled and not self.hpc.container.image and not self.hpc.python:
+            return "python3-oumi"  # in the image the stack builds (workloads/apptainer.def)
         return self.cluster_python()
+
+    def cluster_apptainer(self) -> str:
+        if self.hpc.container.apptainer:
+            return self.hpc.container.apptainer
+        return str(REPO_ROOT / ".tools" / "bin" / "apptainer") if self.hpc.target == "embedded" else "apptainer"
 
     def oumi_launcher_python(self) -> str:
         return self.oumi.launcher_python or str(REPO_ROOT / ".venv-oumi" / "bin" / "python")
@@ -107,7 +114,7 @@ class Settings(Section):
     def platform(self) -> dict:
         """The hardware this stack declares (not what its jobs report): where GPU and Kubernetes targets apply."""
         return {"gpu": self.hpc.gpu_model, "gpu_key": "hpc.gpu", "gpus_per_node": self.hpc.gpus_per_node,
-                "kubernetes": self.kubernetes is not None}
+                "kubernetes": self.kubernetes is not None, "container": self.hpc.container.enabled}
 
 
 def _key_part(part) -> str:

@@ -29,14 +29,32 @@ class EmbeddedCluster(Section):
 
 
 class Container(Section):
+    """`hpc.container`: the workload jobs run under `apptainer exec` (stacks/slurm/container.py)."""
+
     runtime: Literal["none", "apptainer"] = "none"
-    image: Optional[str] = None  # an Apptainer .sif on shared storage
+    # A site's .sif on shared storage. Left out on the embedded cluster: the stack builds one from
+    # workloads/apptainer.def (and rebuilds it when the definition or the workloads' requirements change).
+    image: Optional[str] = None
+    # How `apptainer exec` gets its privileges: "plain" as a site's users run it; "no-privs" (all capabilities
+    # dropped), "drop-caps" (only CAP_SYS_RESOURCE dropped) or "userns" (a user namespace, squashfuse). Default:
+    # "no-privs" on the embedded cluster, whose root lacks CAP_SYS_RESOURCE so that plain exec fails there
+    # (../shared/vendor/README.md), else "plain".
+    exec_mode: Optional[Literal["plain", "no-privs", "drop-caps", "userns"]] = None
+    # Paths bound besides the stack's folder on shared storage; each must exist on the node (the job checks).
+    binds: list[str] = Field(default_factory=list)
+    # The apptainer command on the cluster. Default: setup's .tools/bin/apptainer on the embedded cluster.
+    apptainer: Optional[str] = Field(None, min_length=1)
 
     @model_validator(mode="after")
-    def _image_for_apptainer(self) -> "Container":
-        if self.runtime == "apptainer" and not self.image:
-            raise ValueError("runtime 'apptainer' needs 'image' (path of a .sif on shared storage)")
+    def _absolute(self) -> "Container":
+        for path in [self.image, *self.binds]:
+            if path is not None and not path.startswith("/"):
+                raise ValueError(f"image and binds must be absolute paths (got {path!r})")
         return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.runtime == "apptainer"
 
 
 class Hpc(Section):
@@ -68,12 +86,19 @@ class Hpc(Section):
                 raise ValueError("target 'ssh' needs 'ssh: {host, port, user}'")
             if not self.shared_storage:
                 raise ValueError("target 'ssh' needs 'sharedStorage' (the BeeGFS path on the cluster)")
+        if self.target == "ssh" and self.container.enabled and not self.container.image:
+            raise ValueError("container: runtime 'apptainer' on target 'ssh' needs 'image' (a .sif on shared storage); "
+                             "only the embedded cluster builds its own")
         if self.shared_storage and not self.shared_storage.startswith("/"):
             raise ValueError(f"sharedStorage must be an absolute path (got {self.shared_storage!r})")
         if self.target == "ssh" and self.gpus_per_node and self.gpu is None:
             raise ValueError(f"gpusPerNode is {self.gpus_per_node}: name the GPU model in 'gpu' (e.g. 'NVIDIA H200'), "
                              "or 'none' if the GRES devices are no real GPUs")
         return self
+
+    @property
+    def container_exec_mode(self) -> str:
+        return self.container.exec_mode or ("no-privs" if self.target == "embedded" else "plain")
 
     @property
     def gpu_model(self) -> Optional[str]:
