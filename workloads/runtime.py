@@ -5,6 +5,8 @@ import argparse
 import os
 import platform
 import socket
+import urllib.error
+import urllib.request
 
 
 def cpu_model_name() -> str:
@@ -37,3 +39,12 @@ def host_facts(started_at: str) -> dict:
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "started_at": started_at,
     }
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """Whether `url` answers 200 within `timeout` (a readiness probe: anything else, or no answer, is False)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False

@@ -20,8 +20,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -30,6 +28,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, Resource
 
 from stacks.provider import ReplacingProvider
+from workloads.runtime import http_ok
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKLOADS_PYTHON = str(REPO_ROOT / ".venv-workloads" / "bin" / "python")
@@ -81,14 +80,6 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def log_tail(path: str, lines: int = 15) -> str:

@@ -42,13 +42,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from workloads.metrics_io import write_json_atomic
+from workloads.runtime import http_ok
 
 SERVED_NAME = "mnist"  # the model name in the predictors' V1/V2 paths, the same for every version
 
@@ -194,14 +194,6 @@ class PredictorProcesses:
     def stop_all(self) -> None:
         for backend in list(self.running.values()):
             self.stop(backend)
-
-
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 # -- the gate -------------------------------------------------------------------------------------------------
