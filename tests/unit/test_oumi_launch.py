@@ -128,6 +128,7 @@ def sshd(tmp_path):
                     f"AuthorizedKeysFile {tmp_path}/authorized_keys\nPasswordAuthentication no\nUsePAM no\n"
                     "StrictModes no\nPermitRootLogin prohibit-password\n")
     (tmp_path / "kh").write_text(f"[127.0.0.1]:{port} {(tmp_path / 'host.pub').read_text()}")
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder: absent on a fresh machine
     proc = subprocess.Popen([str(sshd), "-D", "-e", "-f", str(conf)], stderr=subprocess.DEVNULL)
     try:
         for _ in range(50):
