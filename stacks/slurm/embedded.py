@@ -126,9 +126,43 @@ PartitionName={partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
 
+# On a GPU node the login sessions, and so the jobs (sbatch passes on the submitter's environment), get the node's GPU
+# settings from the environment that started the cluster, as a site's login shell has them: where the driver's
+# libraries are, NCCL's and the CUDA runtime's switches (not CUDA_VISIBLE_DEVICES: GRES sets it per job).
+GPU_ENV_PREFIXES = ("LD_LIBRARY_PATH", "CUDA_", "NCCL_", "NVIDIA_", "NVSHMEM_", "TORCH_SYMM_MEM_")
+
+
+def gpu_session_env(environ: Optional[dict] = None) -> str:
+    """`SetEnv` words for sshd_config: the GPU settings of `environ` (values sshd could not quote are left out)."""
+    environ = os.environ if environ is None else environ
+    words = [f"{k}={v}" for k, v in sorted(environ.items())
+             if k.startswith(GPU_ENV_PREFIXES) and k != "CUDA_VISIBLE_DEVICES" and v and not any(c in v for c in ' "\'\\\n')]
+    return "".join(f" {w}" for w in words)
+
+
+def nvidia_devices(gpu_model: str, wanted: int) -> list[str]:
+    """The /dev/nvidiaN of every GPU that nvidia-smi lists, checked against the declared model and count."""
+    try:
+        listed = _run(["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"], what="nvidia-smi")
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise RuntimeError(f"hpc.gpu is {gpu_model!r} but nvidia-smi cannot list this node's GPUs ({exc}); "
+                           "set hpc.gpu to 'none' on a node without GPUs") from None
+    gpus = [line.split(",", 1) for line in listed.splitlines() if line.strip()]
+    wrong = sorted({name.strip() for _, name in gpus if gpu_model.lower() not in name.lower()})
+    if wrong or len(gpus) < wanted:
+        raise RuntimeError(f"hpc.gpu is {gpu_model!r} and hpc.gpusPerNode {wanted}, but nvidia-smi lists "
+                           f"{len(gpus)} GPU(s){': ' + ', '.join(wrong) if wrong else ''}")
+    devices = [f"/dev/nvidia{index.strip()}" for index, _ in gpus]
+    missing = [dev for dev in devices if not Path(dev).exists()]
+    if missing:
+        raise RuntimeError(f"nvidia-smi lists GPUs whose device files are missing: {', '.join(missing)}")
+    return devices
+
+
 def start_cluster(state_dir: str, cluster: str, partition: str, gpus: int, base_port: int,
-                  cpus: Optional[int] = None) -> dict:
-    """Start munged, slurmctld, slurmd and sshd; return what a client needs to use them."""
+                  cpus: Optional[int] = None, gpu_model: Optional[str] = None) -> dict:
+    """Start munged, slurmctld, slurmd and sshd; return what a client needs to use them. With `gpu_model` the
+    node's GRES are its real GPUs (nvidia-smi), else `gpus` device nodes that stand in for them."""
     lay = Layout(Path(state_dir))
     stop_cluster(state_dir)  # whatever a crashed earlier run left: never a second set of daemons
     for port in (base_port, base_port + 1, base_port + 2):
@@ -137,6 +171,17 @@ def start_cluster(state_dir: str, cluster: str, partition: str, gpus: int, base_
                                f"mlops-validation:hpc.embedded.basePort (ports basePort..basePort+2)")
     if os.geteuid() != 0:
         raise RuntimeError("the embedded cluster runs SLURM's daemons and must be started as root")
+    # A GPU node: GRES bound to the real /dev/nvidia*, one per GPU that nvidia-smi lists (checked first).
+    devices = nvidia_devices(gpu_model, gpus) if gpu_model else None
+    try:
+        return _start_daemons(lay, cluster, partition, gpus, base_port, cpus, gpu_model, devices)
+    except BaseException:
+        stop_cluster(state_dir)  # whatever started before the failure: nothing is left running
+        raise
+
+
+def _start_daemons(lay: Layout, cluster: str, partition: str, gpus: int, base_port: int, cpus: Optional[int],
+                   gpu_model: Optional[str], devices: Optional[list[str]]) -> dict:
     shutil.rmtree(lay.root, ignore_errors=True)
     for d in ("etc", "munge", "slurm/state", "spool", "dev", "log", "run", "ssh", "shared"):
         (lay.root / d).mkdir(parents=True, exist_ok=True)
@@ -150,11 +195,13 @@ def start_cluster(state_dir: str, cluster: str, partition: str, gpus: int, base_
           f"--log-file={lay.log}/munged.log", f"--seed-file={lay.munge}/munged.seed", f"--key-file={key}"],
          what="munged")
 
-    # GRES on a GPU-less node: character devices with the NVIDIA major number give jobs CUDA_VISIBLE_DEVICES.
-    for i in range(gpus):
-        dev = lay.dev / f"fakegpu{i}"
-        if not dev.exists():
-            _run(["mknod", str(dev), "c", "195", str(i)], what="mknod (needs root)")
+    if devices is None:
+        # GRES on a GPU-less node: character devices with the NVIDIA major number give jobs CUDA_VISIBLE_DEVICES.
+        devices = [str(lay.dev / f"fakegpu{i}") for i in range(gpus)]
+        for i, dev in enumerate(devices):
+            if not Path(dev).exists():
+                _run(["mknod", dev, "c", "195", str(i)], what="mknod (needs root)")
+    gpus = len(devices)
     node_line = _run(["/usr/sbin/slurmd", "-C"], what="slurmd -C").splitlines()[0]
     fields = dict(f.split("=", 1) for f in node_line.split())
     fields["RealMemory"] = str(int(int(fields["RealMemory"]) * 0.9))  # below real, or the node drains
@@ -164,8 +211,8 @@ def start_cluster(state_dir: str, cluster: str, partition: str, gpus: int, base_
     node_line = " ".join(f"{k}={v}" for k, v in fields.items())
     lay.slurm_conf.write_text(_slurm_conf(lay, cluster, node_line, partition, gpus, base_port))
     if gpus:
-        last = f"[0-{gpus - 1}]" if gpus > 1 else "0"
-        (lay.etc / "gres.conf").write_text(f"NodeName={fields['NodeName']} Name=gpu File={lay.dev}/fakegpu{last}\n")
+        (lay.etc / "gres.conf").write_text("".join(f"NodeName={fields['NodeName']} Name=gpu File={dev}\n"
+                                                   for dev in devices))
     env = {**os.environ, "SLURM_CONF": str(lay.slurm_conf)}
     _run(["/usr/sbin/slurmctld", "-f", str(lay.slurm_conf)], env=env, what="slurmctld")
     _run(["/usr/sbin/slurmd", "-f", str(lay.slurm_conf)], env=env, what="slurmd")
@@ -186,7 +233,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
-SetEnv SLURM_CONF={lay.slurm_conf}
+SetEnv SLURM_CONF={lay.slurm_conf}{gpu_session_env() if gpu_model else ""}
 Subsystem sftp internal-sftp
 """)
     Path("/run/sshd").mkdir(exist_ok=True)
@@ -251,7 +298,7 @@ def stop_cluster(state_dir: str, pids: Optional[dict] = None, remove: bool = Fal
 class _EmbeddedSlurmProvider(ReplacingProvider):
     def create(self, props: dict) -> CreateResult:
         outs = start_cluster(props["state_dir"], props["cluster_name"], props["partition"],
-                             int(props["gpus"]), int(props["base_port"]), props.get("cpus"))
+                             int(props["gpus"]), int(props["base_port"]), props.get("cpus"), props.get("gpu_model"))
         return CreateResult(id_=f"{props['cluster_name']}-{uuid.uuid4().hex[:8]}", outs={**props, **outs})
 
     def vanished(self, olds: dict) -> Optional[str]:
@@ -285,6 +332,7 @@ class EmbeddedSlurmClusterArgs:
     gpus_per_node: int = 2
     base_port: int = 16817
     cpus: Optional[int] = None
+    gpu_model: Optional[str] = None  # hpc.gpu: GRES on the node's real GPUs; None: device nodes stand in
 
 
 class EmbeddedSlurmCluster(pulumi.ComponentResource):
@@ -293,7 +341,8 @@ class EmbeddedSlurmCluster(pulumi.ComponentResource):
     def __init__(self, name: str, args: EmbeddedSlurmClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlops:hpc:EmbeddedSlurmCluster", name, None, opts)
         props = {"state_dir": args.state_dir, "cluster_name": name.replace("_", "-"), "partition": args.partition,
-                 "gpus": args.gpus_per_node, "base_port": args.base_port, "cpus": args.cpus}
+                 "gpus": args.gpus_per_node, "base_port": args.base_port, "cpus": args.cpus,
+                 "gpu_model": args.gpu_model}
         self._daemons = _EmbeddedSlurm(f"{name}-daemons", props, pulumi.ResourceOptions(
             parent=self, additional_secret_outputs=["private_key"]))
         self.id_ = self._daemons.id

@@ -14,7 +14,9 @@ a queue for GPUs), a wave of one gpu:1 job per GPU of a node (at least two) hold
 - every probe job records SLURM_JOB_GPUS, CUDA_VISIBLE_DEVICES, SLURM_GPUS_ON_NODE, its host and its start and end
   time; jobs whose [start, end] intervals intersect ran concurrently (`gres_overlaps`, `gres_max_concurrent`);
 - `gres_distinct_fraction`: of the concurrent pairs, those whose GPUs (host + SLURM_JOB_GPUS, else
-  CUDA_VISIBLE_DEVICES) do not intersect; None when no two jobs overlapped (nothing measured);
+  CUDA_VISIBLE_DEVICES) do not intersect; on a node of one GPU, 1 when the wave's jobs ran one after the other
+  (`gres_serialized`: GRES held the GPU for one job at a time); None when no two jobs overlapped on a node of
+  several GPUs (nothing measured);
 - `gres_count_matches_fraction`: of the completed jobs, those that see exactly the requested number of devices;
 - `gres_overcommit_refused`: 1 only when sbatch refused a GPU count above the node's with a GRES/node-configuration
   reason AND the same request without --gres passes `sbatch --test-only` (so the refusal is the GPUs', not the
@@ -101,16 +103,22 @@ def max_concurrent(jobs: dict[str, dict]) -> int:
     return peak
 
 
-def gres_isolation(jobs: dict[str, dict], requested: int) -> dict:
+def gres_isolation(jobs: dict[str, dict], requested: int, gpus_per_node: int = 2) -> dict:
     """Distinct devices among concurrent jobs, and the visible count against the request (jobs: id -> parsed output;
-    only the completed jobs belong here)."""
+    only the completed jobs belong here). On a node of one GPU no two gpu:1 jobs may run at once: there, jobs that
+    all ran one after the other shared no GPU (fraction 1), and any two that overlapped must show distinct GPUs,
+    which one GPU cannot give."""
     pairs = overlaps(jobs)
+    timed = [r for r in jobs.values() if r.get("start") is not None and r.get("end") is not None]
+    serialized = not pairs and len(timed) >= 2 and gpus_per_node == 1
     distinct = [p for p in pairs if gpus_of(jobs[p[0]]) and gpus_of(jobs[p[1]])
                 and not gpus_of(jobs[p[0]]) & gpus_of(jobs[p[1]])]
     counts = [len(_devices(r.get("cuda_visible_devices", ""))) == requested for r in jobs.values()]
     return {
         "gres_overlaps": pairs, "gres_concurrent_pairs": len(pairs), "gres_max_concurrent": max_concurrent(jobs),
-        "gres_distinct_fraction": round(len(distinct) / len(pairs), 4) if pairs and requested else None,
+        "gres_distinct_fraction": (round(len(distinct) / len(pairs), 4) if pairs else 1.0 if serialized else None)
+                                  if requested else None,
+        "gres_serialized": serialized,
         "gres_shared_pairs": [p for p in pairs if p not in distinct],
         "gres_count_matches_fraction": round(sum(counts) / len(counts), 4) if counts and requested else None,
         "gres_jobs": [{"job_id": j, "host": r.get("host", ""), "slurm_job_gpus": r.get("slurm_job_gpus", ""),
@@ -225,7 +233,8 @@ def probe(conn: Connection, root: str, partition: str, gpus_per_node: int, jobs:
         wave_ids = _submit_wave(conn, out_dir, partition, gres_flag, max(2, gpus_per_node), hold_seconds, "probe-gres")
         wave, wave_out = _wait_and_collect(conn, out_dir, wave_ids, timeout_s)
         outputs.update(wave_out)
-    isolation = gres_isolation({j: outputs[j] for j in _ok(results) + _ok(wave)}, 1 if gpus_per_node else 0)
+    isolation = gres_isolation({j: outputs[j] for j in _ok(results) + _ok(wave)}, 1 if gpus_per_node else 0,
+                               gpus_per_node)
 
     # 3. A request beyond the node's GPUs must be refused at submission (not queued forever), for its GPUs.
     request = f"-p {shlex.quote(partition)} -t 1 -o /dev/null --wrap true"

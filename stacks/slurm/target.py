@@ -33,7 +33,7 @@ class HpcTarget(pulumi.ComponentResource):
         if hpc.target == "embedded":
             cluster = EmbeddedSlurmCluster(f"{name}-slurm", EmbeddedSlurmClusterArgs(
                 state_dir=s.state_dir(args.stack), partition=hpc.partition, gpus_per_node=hpc.gpus_per_node,
-                base_port=hpc.embedded.base_port, cpus=hpc.embedded.cpus), pulumi.ResourceOptions(parent=self))
+                base_port=hpc.embedded.base_port, cpus=hpc.embedded.cpus, gpu_model=hpc.gpu_model), pulumi.ResourceOptions(parent=self))
             if hpc.embedded.submit_via == "local":
                 self.connection = cluster.slurm_conf.apply(
                     lambda conf: {"kind": "local", "env": {"SLURM_CONF": conf}})

@@ -163,3 +163,17 @@ def test_probe_reports_shared_devices_and_an_overcommit_that_was_queued():
 def test_probe_without_gpus_runs_no_wave():
     m = p.probe(CannedLogin(), "/shared/x", "debug", gpus_per_node=0, jobs=2, timeout_s=10)
     assert m["gres_wave_jobs"] == 0 and m["gres_distinct_fraction"] is None and m["gres_requested"] == "none"
+
+
+def test_one_gpu_node_jobs_one_after_the_other_share_nothing():
+
+    m = p.gres_isolation({"10": job(0, 2, "0"), "11": job(2.5, 4, "0")}, requested=1, gpus_per_node=1)
+    assert m["gres_distinct_fraction"] == 1.0 and m["gres_serialized"]
+    # two jobs at once on the one GPU: shared
+    m = p.gres_isolation({"10": job(0, 2, "0"), "11": job(1, 3, "0")}, requested=1, gpus_per_node=1)
+    assert m["gres_distinct_fraction"] == 0.0 and not m["gres_serialized"]
+    # one job only: nothing measured
+    assert p.gres_isolation({"10": job(0, 2, "0")}, requested=1, gpus_per_node=1)["gres_distinct_fraction"] is None
+    # several GPUs but no overlap: not measured either (the wave should have overlapped)
+    assert p.gres_isolation({"10": job(0, 2, "0"), "11": job(3, 4, "1")}, 1, gpus_per_node=2)[
+        "gres_distinct_fraction"] is None
