@@ -213,6 +213,7 @@ def _start_daemons(lay: Layout, cluster: str, partition: str, gpus: int, base_po
     if gpus:
         (lay.etc / "gres.conf").write_text("".join(f"NodeName={fields['NodeName']} Name=gpu File={dev}\n"
                                                    for dev in devices))
+    _cgroup_v2_without_systemd(lay)
     env = {**os.environ, "SLURM_CONF": str(lay.slurm_conf)}
     _run(["/usr/sbin/slurmctld", "-f", str(lay.slurm_conf)], env=env, what="slurmctld")
     _run(["/usr/sbin/slurmd", "-f", str(lay.slurm_conf)], env=env, what="slurmd")
@@ -246,6 +247,20 @@ Subsystem sftp internal-sftp
     return {"pids": pids, "slurm_conf": str(lay.slurm_conf), "node": fields["NodeName"],
             "ssh_port": base_port + 2, "known_hosts": str(ssh / "known_hosts"),
             "private_key": (ssh / "client_ed25519").read_text(), "shared_storage": str(lay.shared)}
+
+
+def _cgroup_v2_without_systemd(lay: Layout) -> None:
+    """slurmd loads its cgroup plugin whatever the task plugin. On a cgroup v2 host without systemd (a container,
+    the device tool's GPU machine) it would ask systemd over dbus for its scope and fail: it makes the scope itself
+    (IgnoreSystemd, SLURM 22.05+) under a system.slice with the controllers it checks for."""
+    root = Path("/sys/fs/cgroup")
+    if not (root / "cgroup.controllers").exists() or Path("/run/systemd/system").exists():
+        return
+    (lay.etc / "cgroup.conf").write_text("CgroupPlugin=cgroup/v2\nIgnoreSystemd=yes\n")
+    (root / "system.slice").mkdir(exist_ok=True)
+    available = (root / "cgroup.controllers").read_text().split()
+    wanted = " ".join(f"+{c}" for c in ("cpuset", "cpu", "memory") if c in available)
+    (root / "system.slice" / "cgroup.subtree_control").write_text(wanted)
 
 
 def _wait_idle(env: dict, lay: Layout) -> None:

