@@ -13,7 +13,7 @@ import pulumi
 from stacks.local.mlflow import AliasResolution, ModelRegistration, ModelRegistrationArgs
 from stacks.local.model_server import Predictor, PredictorArgs
 from stacks.local.process import LocalRun
-from stacks.tasks import Measured, Task
+from stacks.tasks import Measured, Task, devices
 from stacks.tasks.fixtures import mlflow_server, serving_base
 
 REGISTERED_MODEL, ALIAS, SERVED_NAME = "mnist-cnn", "champion", "mnist-champion"
@@ -55,7 +55,8 @@ class TrainRegisterDeploy(Task):
                                     predictor.cold_start_seconds, predictor.load_metrics, lineage.result,
                                     mlflow.tracking_uri).apply(
             lambda v: pipeline_metrics(*v, destination=mlflow.artifacts_destination))
-        return Measured(metrics=metrics, done=[lineage],
+        # Its GPU goal (the pipeline on one GPU) is judged on the device the training stage ran on.
+        return Measured(metrics=metrics, observed=job.metrics.apply(lambda m: devices(training=m)), done=[lineage],
                         provides={"registered_model": REGISTERED_MODEL, "alias": ALIAS, "registration": registration})
 
 

@@ -125,3 +125,15 @@ class _NoResources(pulumi.runtime.Mocks):
 
 def test_measured_defaults_say_the_platform_check_holds_on_any_hardware():
     assert Measured(metrics={}).observed == {"device": "n/a"}
+
+
+def test_every_task_judged_on_a_gpu_says_what_it_ran_on():
+    # A task with GPU-scoped targets that reports no device fails them all where GPUs are declared (the first
+    # `pulumi up` on an H200 found MLOPS-5.1 so): its build must hand the judge what it observed.
+    import inspect
+
+    judged_on_gpu = {t.task for t in all_targets() if str(t.applies_to).startswith("gpu")}
+    assert judged_on_gpu
+    for task in TASKS:
+        if task.name in judged_on_gpu:
+            assert "observed=" in inspect.getsource(task.build), f"{task.name} has GPU targets but no `observed`"
