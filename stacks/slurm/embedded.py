@@ -256,11 +256,14 @@ def _cgroup_v2_without_systemd(lay: Layout) -> None:
     root = Path("/sys/fs/cgroup")
     if not (root / "cgroup.controllers").exists() or Path("/run/systemd/system").exists():
         return
+    try:
+        (root / "system.slice").mkdir(exist_ok=True)
+        available = (root / "cgroup.controllers").read_text().split()
+        wanted = " ".join(f"+{c}" for c in ("cpuset", "cpu", "memory") if c in available)
+        (root / "system.slice" / "cgroup.subtree_control").write_text(wanted)
+    except OSError:
+        return  # a read-only cgroup tree (a container's): slurmd is left to its defaults, as before
     (lay.etc / "cgroup.conf").write_text("CgroupPlugin=cgroup/v2\nIgnoreSystemd=yes\n")
-    (root / "system.slice").mkdir(exist_ok=True)
-    available = (root / "cgroup.controllers").read_text().split()
-    wanted = " ".join(f"+{c}" for c in ("cpuset", "cpu", "memory") if c in available)
-    (root / "system.slice" / "cgroup.subtree_control").write_text(wanted)
 
 
 def _wait_idle(env: dict, lay: Layout) -> None:
