@@ -34,9 +34,11 @@ def volume_claim(name: str, namespace: pulumi.Input[str], component: str, size: 
 
 def single_pod_service(name: str, namespace: pulumi.Input[str], component: str, container: k8s.core.v1.ContainerArgs,
                        volume: str, claim: k8s.core.v1.PersistentVolumeClaim, ports: dict[str, int],
-                       parent: pulumi.Resource, pod_security: Optional[k8s.core.v1.PodSecurityContextArgs] = None):
+                       parent: pulumi.Resource, pod_security: Optional[k8s.core.v1.PodSecurityContextArgs] = None,
+                       extra_volumes: Optional[list] = None):
     """One pod on its ReadWriteOnce volume (Recreate: the volume has one writer at a time) and the Service in
-    front of it, named after the component; returns (deployment, service)."""
+    front of it, named after the component; returns (deployment, service). extra_volumes: more volumes the
+    container mounts (a ConfigMap)."""
     meta = k8s.meta.v1.ObjectMetaArgs(name=component, namespace=namespace, labels=labels(component))
     deployment = k8s.apps.v1.Deployment(f"{name}-server", k8s.apps.v1.DeploymentInitArgs(
         metadata=meta,
@@ -49,7 +51,8 @@ def single_pod_service(name: str, namespace: pulumi.Input[str], component: str, 
                 spec=k8s.core.v1.PodSpecArgs(
                     security_context=pod_security, containers=[container], volumes=[k8s.core.v1.VolumeArgs(
                         name=volume, persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
-                            claim_name=claim.metadata.name))])))), pulumi.ResourceOptions(parent=parent))
+                            claim_name=claim.metadata.name)), *(extra_volumes or [])])))),
+        pulumi.ResourceOptions(parent=parent))
     service = k8s.core.v1.Service(f"{name}-service", k8s.core.v1.ServiceInitArgs(
         metadata=meta,
         spec=k8s.core.v1.ServiceSpecArgs(selector=labels(component), ports=[

@@ -89,8 +89,11 @@ class KubernetesServing(pulumi.ComponentResource):
             measured = self.measurement.results
         self.summary = pulumi.Output.all(
             ns, self.store.endpoint_url, self.tracking.url, self.services.services,
-            self.gpus.check.gpu_nodes if self.gpus else None, measured).apply(lambda v: {
+            self.gpus.check.gpu_nodes if self.gpus else None, measured,
+            self.tracking.auth_secret_name).apply(lambda v: {
                 "context": k.context, "namespace": v[0], "minio": v[1], "mlflow": v[2], "inference_services": v[3],
                 "gpu_nodes": v[4], "measurements": v[5] if k.measurement.enabled else "disabled (measurement.enabled)",
+                # MLflow's basic auth: where a client finds MLFLOW_TRACKING_USERNAME / _PASSWORD (never the values)
+                "mlflow_credentials_secret": v[6],
             })
         self.register_outputs({"summary": self.summary})

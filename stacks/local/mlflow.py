@@ -16,6 +16,15 @@ from stacks.local.minio import GeneratedCredentials, MinioServer
 from stacks.local.process import WORKLOADS_PYTHON, LocalDaemon, LocalRun
 
 
+def basic_auth_ini(database_uri: str) -> str:
+    """The auth app's config file (MLFLOW_AUTH_CONFIG_PATH): no permission for anyone but the admin, its users in
+    DATABASE_URI. No secret in it: the admin's name and password come from MLFLOW_AUTH_ADMIN_* in the environment.
+    Shared with the cluster's MLflow (stacks/k8s/tracking.py)."""
+    return ("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+            f"database_uri = {database_uri}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+
+
 @dataclass
 class MlflowServerArgs:
     state_dir: str
@@ -49,9 +58,7 @@ class MlflowServer(pulumi.ComponentResource):
             # tracking-and-registry use never needs, on two shared cores.
             "env": {"MLFLOW_S3_IGNORE_TLS": "true", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
                     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_AUTH_CONFIG_PATH": auth_ini},
-            "files": {auth_ini: "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
-                                f"database_uri = sqlite:///{store}/basic_auth.db\n"
-                                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"},
+            "files": {auth_ini: basic_auth_ini(f"sqlite:///{store}/basic_auth.db")},
             "secret_env": pulumi.Output.all(args.minio.env, admin.access_key, admin.secret_key, flask.secret_key).apply(
                 lambda v: {**v[0], "MLFLOW_S3_ENDPOINT_URL": v[0]["AWS_ENDPOINT_URL"],
                            "MLFLOW_AUTH_ADMIN_USERNAME": v[1], "MLFLOW_AUTH_ADMIN_PASSWORD": v[2],

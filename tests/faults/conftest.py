@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -156,3 +157,144 @@ def fault_stack():
         assert down.returncode == 0, f"pulumi destroy failed:\n{down.stdout[-3000:]}"
         left = wait_for_no_leftovers([str(Stack.state_dir), str(STATE_ROOT / f"{STACK}-serving")], PORTS)
         assert not left, f"left running after pulumi destroy: {left}"
+
+
+# -- the serving services' faults (test_store_faults.py) ------------------------------------------------------------
+class Relay:
+    """A TCP relay on a free loopback port in front of a real server: the network between a client and it. It
+    forwards bytes as they come; a `hold` rule stops one connection at a chosen point (so that the server is killed
+    exactly there, not by luck of timing), and `closed` makes it reset every new connection (what a client of a dead
+    server sees) until opened again. It records when each connection came."""
+
+    def __init__(self, upstream_port: int):
+        import socket
+        import threading
+
+        self.upstream_port = upstream_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.connections: list[float] = []  # monotonic time of each accepted connection
+        self.held = threading.Event()  # a hold rule fired: the connection is stopped there
+        self.release = threading.Event()  # set by the test once the server is killed: the held connection is reset
+        self.closed = False
+        # callable(direction "up"/"down", {"up": bytes, "down": bytes} of the connection so far) -> None, or how
+        # many bytes of that direction's stream to forward before holding it
+        self.rule = None
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import struct
+        import threading
+
+        while not self._stop:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(time.monotonic())
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            upstream = None
+            if not self.closed:
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+                    upstream.settimeout(None)
+                except OSError:
+                    upstream = None
+            if upstream is None:
+                client.close()  # the server is gone: the client's connection is reset
+                continue
+            state = {"up": b"", "down": b""}
+            for src, dst, direction in ((client, upstream, "up"), (upstream, client, "down")):
+                threading.Thread(target=self._pipe, args=(src, dst, direction, state, client, upstream),
+                                 daemon=True).start()
+
+    def _pipe(self, src, dst, direction, state, client, upstream) -> None:
+        import socket
+
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if self.rule is not None:
+                    state[direction] += data
+                    cut = self.rule(direction, state)
+                    if cut is not None:  # forward the stream up to byte CUT, then hold until the server is killed
+                        self.rule = None
+                        sent = len(state[direction]) - len(data)
+                        if cut > sent:
+                            dst.sendall(state[direction][sent:cut])
+                        self.held.set()
+                        self.release.wait(120)
+                        break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (client, upstream):  # shutdown first: it wakes the other direction's recv (close alone does not)
+            for end in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+                try:
+                    end()
+                except OSError:
+                    pass
+
+    def retries_after(self, t: float) -> Optional[float]:
+        """When the client first connected again after T (it noticed the fault and retried)."""
+        later = [c for c in self.connections if c > t]
+        return later[0] if later else None
+
+    def close(self) -> None:
+        self._stop = True
+        self.release.set()
+        self.listener.close()
+
+
+def declared_serving(state_dir: Path, model: Path) -> dict:
+    """The embedded default's serving services as the stack declares them (Pulumi mocks give the generated keys):
+    MinIO, MLflow, MLOPS-4.1's model publication and MLOPS-5.1's registration, each a props dict that
+    stacks/local/process.py's start_daemon / run_workload (the stack's own functions) run for real, on free
+    loopback ports. The mocks and their records are tests/unit/test_mlflow_auth.py's."""
+    import hashlib
+
+    import pulumi
+
+    from tests.ports import closed_port
+    from tests.unit.test_mlflow_auth import DAEMONS, RUNS, _Mocks, _plain
+
+    class Mocks(_Mocks):
+        def new_resource(self, args):
+            name, outs = super().new_resource(args)
+            if "module" in outs:  # a step's result, as far as the declarations after it read it
+                outs["result"] = {"uri": "s3://models/declared-only"}
+            return name, outs
+
+    pulumi.runtime.set_mocks(Mocks(), project="mlops-validation", stack="faults-serving", preview=False)
+    from stacks.local.minio import MinioServer, MinioServerArgs
+    from stacks.local.mlflow import (AliasResolution, MlflowServer, MlflowServerArgs, ModelRegistration,
+                                     ModelRegistrationArgs)
+    from stacks.local.model_server import Predictor, PredictorArgs
+
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    minio_port, mlflow_port = closed_port(), closed_port()
+
+    @pulumi.runtime.test
+    def build():
+        minio = MinioServer("fm", MinioServerArgs(state_dir=str(state_dir), port=minio_port))
+        server = MlflowServer("fs", MlflowServerArgs(state_dir=str(state_dir), port=mlflow_port, minio=minio))
+        Predictor("fp", PredictorArgs(kind="mnist", model_name="mnist", minio=minio, state_dir=str(state_dir),
+                                      port=closed_port(), source=str(model), source_digest=digest))
+        registration = ModelRegistration("fr", ModelRegistrationArgs(server=server, model_path=str(model),
+                                                                     model_sha256=digest))
+        AliasResolution("fa", server, registration)
+        return registration.result
+
+    build()
+    return {"minio": _plain(DAEMONS["fm-daemon"]), "buckets": _plain(RUNS["fm-buckets"]),
+            "mlflow": _plain(DAEMONS["fs-daemon"]), "publish": _plain(RUNS["fp-publish"]),
+            "register": _plain(RUNS["fr-run"]), "resolve": _plain(RUNS["fa-run"]), "sha256": digest, "minio_port": minio_port,
+            "mlflow_port": mlflow_port}

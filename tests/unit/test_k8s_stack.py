@@ -10,6 +10,7 @@ from validation.config import Kubernetes
 
 BASE = {"context": "site-admin@gpu-cluster", "predictorImage": "registry.example.org/mlops/predictor:0.1.0"}
 PASSWORD = "not-a-real-password-1234"
+GENERATED = "generated-secret-5678"  # in every key the mocks generate
 IS_TYPE = "kubernetes:serving.kserve.io/v1beta1:InferenceService"
 
 
@@ -19,7 +20,11 @@ class Recorder(pulumi.runtime.Mocks):
 
     def new_resource(self, args):
         self.resources[args.name] = args
-        return [f"{args.name}-id", args.inputs]
+        outs = dict(args.inputs)
+        if args.typ.endswith(":GeneratedCredentials"):
+            # GeneratedCredentials (MLflow's admin, its Flask key): made here, as its provider would
+            outs.update(access_key=f"{args.name}-user", secret_key=f"{args.name}-{GENERATED}")
+        return [f"{args.name}-id", outs]
 
     def call(self, args):
         return {}
@@ -125,6 +130,56 @@ def test_mlflow_uses_minio_for_artifacts(default):
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == summary["minio"]
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-credentials"
     assert summary["mlflow"] == "http://mlflow.mlops-validation.svc.cluster.local:5000"
+
+
+def test_mlflow_runs_the_basic_auth_app_with_generated_credentials_from_a_secret(default):
+    recorder, summary = default
+    mlflow = recorder.named("kubernetes:apps/v1:Deployment")["mlflow"]
+    pod = mlflow["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["command"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    # the admin's credentials and the Flask key: generated (GeneratedCredentials, secrets in the state), in the
+    # Secret mlflow-auth, a Pulumi secret
+    auth = recorder.named("kubernetes:core/v1:Secret")["mlflow-auth"]
+    assert is_secret(auth["stringData"])
+    data = auth["stringData"]["value"]
+    assert data == {"MLFLOW_AUTH_ADMIN_USERNAME": "serving-mlflow-admin-user",
+                    "MLFLOW_AUTH_ADMIN_PASSWORD": f"serving-mlflow-admin-{GENERATED}",
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": f"serving-mlflow-flask-{GENERATED}",
+                    "MLFLOW_TRACKING_USERNAME": "serving-mlflow-admin-user",
+                    "MLFLOW_TRACKING_PASSWORD": f"serving-mlflow-admin-{GENERATED}"}
+    assert sorted(r.name for r in recorder.resources.values() if r.typ.endswith(":GeneratedCredentials")) == [
+        "serving-mlflow-admin", "serving-mlflow-flask"]
+    # the server reads them from that Secret's keys, by reference: no value in its environment or anywhere else
+    env = {e["name"]: e for e in container["env"]}
+    for var in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-auth", "key": var}
+        assert "value" not in env[var]
+    others = [r.inputs for r in recorder.resources.values() if r.inputs is not auth]
+    assert GENERATED not in json.dumps(others, default=str)
+    assert GENERATED not in json.dumps(summary, default=str)
+    # the auth app's config: a ConfigMap mounted where MLFLOW_AUTH_CONFIG_PATH points, no secret in it, nobody but
+    # the admin allowed anything, its users on the store's volume
+    config = recorder.named("kubernetes:core/v1:ConfigMap")["mlflow-auth-config"]["data"]["basic_auth.ini"]
+    assert "default_permission = NO_PERMISSIONS" in config and "sqlite:////mlflow/basic_auth.db" in config
+    assert "authenticate_request_basic_auth" in config and "admin_password" not in config
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == "/etc/mlflow-auth/basic_auth.ini"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["auth-config"]["configMap"] == {"name": "mlflow-auth-config"}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["auth-config"]["mountPath"] == "/etc/mlflow-auth" and mounts["auth-config"]["readOnly"] is True
+    assert mounts["store"]["mountPath"] == "/mlflow"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"  # the one path left open
+    assert summary["mlflow_credentials_secret"] == "mlflow-auth"
+
+
+def test_the_cluster_mlflow_has_the_embedded_servers_auth_config():
+    from stacks.k8s.tracking import mlflow_command
+    from stacks.local.mlflow import basic_auth_ini
+
+    assert basic_auth_ini("sqlite:////mlflow/basic_auth.db").splitlines()[1:2] == ["default_permission = NO_PERMISSIONS"]
+    assert "--app-name" in mlflow_command("mlflow") and not [a for a in mlflow_command("mlflow") if "password" in a]
 
 
 def test_four_inference_services_in_both_modes(default):
