@@ -15,6 +15,7 @@
 #   call N (the last chunk):    run(carry=[".gpu-site/cN"], timeout_s=600, command="bash tools/gpu/site.sh up cN")
 #                               # receive, install, start `make up STACK=gpu` detached, follow it for WAIT_S
 #   then, while it runs:        run(timeout_s=600, command="bash tools/gpu/site.sh wait")   # follow, then collect
+#   again on the same machine:  run(timeout_s=600, command="bash tools/gpu/site.sh start")  # a new make up, followed
 #
 # Every call leaves in $OUT what is there so far: outputs.json, report.md, the logs and a tarball of the plots and job
 # logs. The passphrase of the stack's secrets is made on the machine for this run (never the embedded default's).
@@ -246,7 +247,9 @@ case ${1:-} in
   pack) pack ;;
   receive) receive "$2" ;;
   up) receive "$2"; assemble
-      if ! (install_site) > "$SITE/install.log" 2>&1; then tail -20 "$SITE/install.log"; collect; exit 1; fi
+      # In the background, not in an `if`: there errexit would be off inside, and a failed step would run on.
+      install_site > "$SITE/install.log" 2>&1 &
+      if ! wait $!; then tail -20 "$SITE/install.log"; collect; exit 1; fi
       start; follow ;;
   wait) follow ;;
   start) start; follow ;;
