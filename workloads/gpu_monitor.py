@@ -67,6 +67,10 @@ class GpuUtilizationSampler:
                 return
             self._stop.wait(self.interval_s)
 
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
     def stop(self) -> Optional[dict]:
         """Stop sampling; {"mean_percent", "max_percent", "samples"}, or None when nothing was sampled."""
         if self._thread is None:

@@ -23,7 +23,7 @@ import sys  # noqa: E402
 import warnings  # noqa: E402
 import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Optional  # noqa: E402
+from typing import Callable, Optional  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -48,6 +48,7 @@ FILES = {
 }
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX: 0x0000 + type 0x08 (ubyte) + number of dims (3 or 1)
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+WARMUP_STEPS = 5  # steps before GPU utilisation is sampled
 INPUT_SCALING = ("uint8 pixel / 255 -> float32 in [0, 1]; the (x - 0.1307) / 0.3081 normalisation is "
                  "inside the model")
 
@@ -139,9 +140,11 @@ def make_optimizer(model: nn.Module, lr: float, total_steps: int):
 
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, sched, images: torch.Tensor, labels: torch.Tensor, *,
-          epochs: int, batch_size: int, seed: int, log=print, counts: Optional[dict] = None) -> list[float]:
+          epochs: int, batch_size: int, seed: int, log=print, counts: Optional[dict] = None,
+          on_step: Optional[Callable[[int], None]] = None) -> list[float]:
     """The optimisation loop; returns the mean train loss of each epoch. `counts`, when given, receives the
-    loop's own record of what it trained: samples_trained, optimizer_steps, epochs_completed."""
+    loop's own record of what it trained: samples_trained, optimizer_steps, epochs_completed. `on_step(n)` is
+    called after the n-th optimizer step."""
     if counts is None:
         counts = {}
     counts.update(samples_trained=0, optimizer_steps=0, epochs_completed=0)
@@ -167,6 +170,8 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, sched, images: torch.Ten
             counts["optimizer_steps"] += 1
             counts["samples_trained"] += len(idx)
             sched.step()
+            if on_step:
+                on_step(counts["optimizer_steps"])
             # Accumulate on the device: a .item() per step would stall a GPU on every batch.
             epoch_loss += loss.detach() * len(idx)
             window_loss += loss.detach()
@@ -251,25 +256,36 @@ def main(argv=None) -> int:
     # start-up cost (counted in total_seconds), not training.
     opt, sched = make_optimizer(model, args.lr, args.epochs * math.ceil(n_train / args.batch_size))
 
-    sampler, gpu_note = None, "device is cpu: no GPU to sample"
-    if device.type == "cuda":  # sample the training loop only
+    # On a GPU, utilisation is sampled over the training loop after its first WARMUP_STEPS steps (cuDNN choosing its
+    # algorithms, CUDA loading its modules lazily: start-up, not training), as the LLM trainer does.
+    sampler, gpu_note, on_step = None, "device is cpu: no GPU to sample", None
+    if device.type == "cuda":
         sampler = GpuUtilizationSampler(device.index)
-        if not sampler.start():
-            gpu_note, sampler = sampler.note, None
+        total_steps = args.epochs * math.ceil(n_train / args.batch_size)
+        warmup = min(WARMUP_STEPS, total_steps - 1)
+
+        def on_step(step: int) -> None:
+            nonlocal sampler, gpu_note
+            if step == warmup and sampler and not sampler.started:
+                torch.cuda.synchronize()
+                if not sampler.start():
+                    gpu_note, sampler = sampler.note, None
+        if warmup == 0:
+            on_step(0)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t_train = time.perf_counter()
     counts: dict = {}
     try:
         loss_curve = train(model, opt, sched, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                           seed=args.seed, log=lambda s: print(s, flush=True), counts=counts)
+                           seed=args.seed, log=lambda s: print(s, flush=True), counts=counts, on_step=on_step)
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t_train
     finally:
         gpu_util = sampler.stop() if sampler else None
     if sampler:
-        gpu_note = sampler.note
+        gpu_note = sampler.note or f"sampled from step {warmup + 1} (after {warmup} warm-up steps) to the end of the loop"
 
     # The weights stay channels_last: the saved file keeps that layout (so evaluating it runs the same kernels as
     # here, bit for bit) and it makes inference ~2x faster on CPU.
