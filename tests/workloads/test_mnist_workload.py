@@ -214,3 +214,15 @@ def test_evaluate_cli_prints_accuracy_json(tmp_path, capsys):
     images, labels = evaluate_mnist.load_test_set(str(data_dir))
     expected = evaluate_mnist.evaluate(torch.jit.load(str(model_path)), images, labels, torch.device("cpu"))
     assert result["accuracy"] == expected and result["test_samples"] == 50
+
+
+def test_train_reports_every_optimizer_step():
+    # the GPU utilisation sampler starts from this callback after the warm-up steps
+    images, labels = torch.rand(10, 1, 28, 28), torch.randint(0, 10, (10,))
+    model = mnist.Net()
+    opt, sched = mnist.make_optimizer(model, 0.01, 6)
+    seen: list[int] = []
+    counts: dict = {}
+    mnist.train(model, opt, sched, images, labels, epochs=2, batch_size=4, seed=0, log=lambda s: None,
+                counts=counts, on_step=seen.append)
+    assert seen == [1, 2, 3, 4, 5, 6] and counts["optimizer_steps"] == 6
