@@ -34,7 +34,9 @@ def faults_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def load_table() -> str:
+def load_table() -> "str | None":
+    """The load rows from this machine's soak results; None where there are none (a fresh clone: reports/ is not
+    kept), so that the page keeps the rows measured before instead of losing them."""
     rows = ["| load | figures | target | when |", "|---|---|---|---|"]
     sbatch = SOAK / "sbatch.json"
     if sbatch.exists():
@@ -54,7 +56,7 @@ def load_table() -> str:
                     f"{r['uptime_fraction']:.3%}; P95 per {r['stage_seconds']:g}-s stage [{p95s}] ms, max/min "
                     f"{r['p95_ms_max_over_min']}; P50/P95/P99 {r['p50_ms']}/{r['p95_ms']}/{r['p99_ms']} ms | "
                     f"{r['target']} | {r['at']}, {r['machine']}: `{r['command']}` |")
-    return "\n".join(rows) if len(rows) > 2 else "(not measured yet: `make soak`)"
+    return "\n".join(rows) if len(rows) > 2 else None
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -71,7 +73,9 @@ def main(argv=None) -> int:
     text = args.out.read_text()
     if FAULTS.exists():
         text = replace_block(text, "faults", faults_table(json.loads(FAULTS.read_text())))
-    text = replace_block(text, "load", load_table())
+    load = load_table()
+    if load is not None:
+        text = replace_block(text, "load", load)
     args.out.write_text(text)
     print(f"wrote {args.out}")
     return 0
