@@ -131,3 +131,19 @@ def test_scenario_counts_failures_only_inside_the_fault():
     assert m["fault_failed_requests"] == 3 and m["failed_requests_outside_fault"] == 0
     assert m["rolled_back_on_errors"] and m["alias_restored_after_rollback"]
     assert sum(m["timeline"]["failed"]) == 3
+
+
+def test_a_failure_served_by_the_faulty_version_is_inside_the_fault_even_before_the_recorded_switch():
+    # The router switches, then the controller reads the clock: a request that started just before `switched_at`
+    # can reach the faulty predictor. Its failure is the fault's (the router named the version), not the champion's.
+    records = [{"start": 19.85, "ok": False, "ms": 5, "served_by": "3"},
+               {"start": 19.8, "ok": True, "ms": 5, "served_by": "2"},
+               {"start": 30.0, "ok": False, "ms": 5, "served_by": "2"},
+               {"start": 20.5, "ok": False, "ms": 5, "served_by": None}]
+    candidates = [{"kind": "faulty", "version": 3,
+                   "result": {"outcome": "rolled_back", "registered_at": 14.0, "switched_at": 19.9,
+                              "switched_back_at": 21.2, "champion_after": 2, "previous_champion": 2}}]
+    m = pipeline.scenario_figures(candidates, records, {"champion": 2, "alias_version": 2, "serving": {"version": 2},
+                                                      "events": []}, 2, 0.0, 31.0)
+    # Only the champion's own failure at 30 s is outside; the unanswered one at 20.5 s lies in the fault's window.
+    assert m["failed_requests_outside_fault"] == 1 and m["requests_outside_fault"] == 2

@@ -5,8 +5,9 @@ the server answers (closed loop) or at a fixed rate per user (constant_throughpu
 A request succeeds only when the predictor answered correctly: a 2xx whose body is a JSON object holding the
 key SERVING_EXPECT_KEY (`predictions` for V1 :predict, `outputs` for V2 /infer; empty: any 2xx). Anything else, a
 non-2xx, a connection error, a timeout or a 2xx without the answer, is a failure. Every request's outcome is
-appended to SERVING_REQUEST_LOG (one JSON object a line: start time, latency, status, ok), which the load
-generator reads for the latencies of the successful requests and the error figures.
+appended to SERVING_REQUEST_LOG (one JSON object a line: start time, latency, status, ok, and the model version that
+served it where MLOPS-5.2's router says), which the load generator reads for the latencies of the successful requests
+and the error figures.
 """
 import json
 import os
@@ -20,6 +21,7 @@ RATE_PER_USER = float(os.environ.get("SERVING_RATE_PER_USER", "0"))
 TIMEOUT_S = float(os.environ.get("SERVING_TIMEOUT_S", "30"))
 EXPECT_KEY = os.environ.get("SERVING_EXPECT_KEY", "")
 REQUEST_LOG = os.environ.get("SERVING_REQUEST_LOG")
+SERVED_BY = "x-served-by-version"  # MLOPS-5.2's router names the version that answered (workloads/serving/pipeline.py)
 
 # Line-buffered: a run stopped by a signal (MLOPS-5.2's open-ended load) keeps every request it made.
 _log = open(REQUEST_LOG, "a", encoding="utf-8", buffering=1) if REQUEST_LOG else None
@@ -31,8 +33,9 @@ def _record(request_type, name, response_time, response_length, exception=None, 
     if _log is None:
         return
     status = getattr(response, "status_code", None) or 0
+    headers = getattr(response, "headers", None) or {}
     _log.write(json.dumps({"start": start_time, "ms": round(float(response_time or 0.0), 3), "status": status,
-                           "ok": exception is None,
+                           "served_by": headers.get(SERVED_BY), "ok": exception is None,
                            "error": None if exception is None else f"{type(exception).__name__}: {exception}"[:300]})
                + "\n")
 

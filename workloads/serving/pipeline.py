@@ -81,6 +81,11 @@ class Backend:
                 "cold_start_seconds": self.cold_start_seconds, "ok": self.ok, "failed": self.failed}
 
 
+# The header naming the model version whose predictor answered: the load test records it, so a failure is blamed
+# on the version that served it, not on a clock comparison across the switch.
+SERVED_BY = "x-served-by-version"
+
+
 class Router:
     """Which backend serves now; the HTTP side (make_app) forwards to it."""
 
@@ -131,11 +136,12 @@ def make_app(router: Router, status: Callable[[], dict]):
                                              headers={"content-type": request.headers.get("content-type",
                                                                                           "application/json")})
             backend.record(resp.status_code < 500)
-            return Response(resp.content, status_code=resp.status_code, media_type=resp.headers.get("content-type"))
+            return Response(resp.content, status_code=resp.status_code, media_type=resp.headers.get("content-type"),
+                            headers={SERVED_BY: str(backend.version)})
         except httpx.HTTPError as exc:
             backend.record(False)
             return JSONResponse({"error": f"predictor of version {backend.version} failed: {type(exc).__name__}"},
-                                status_code=502)
+                                status_code=502, headers={SERVED_BY: str(backend.version)})
         finally:
             backend.in_flight -= 1
 
@@ -579,9 +585,18 @@ def scenario_figures(candidates: list[dict], records: list[dict], final: dict, f
                    alias_restored_after_rollback=faulty.get("champion_after") == faulty.get("previous_champion")
                    and final.get("alias_version") == faulty.get("previous_champion")
                    and out["final_serving_version"] == faulty.get("previous_champion"))
-    # Outside the injected fault (from its switch to the switch back), not one request may fail.
+    # Outside the injected fault not one request may fail. A request the router answered names the version that
+    # served it (SERVED_BY); one it did not (no response at all) is judged by its start against the fault's window,
+    # from the switch to the faulty version to the switch back.
+    faulty_version = str(by_kind["faulty"]["version"]) if faulty and "version" in by_kind["faulty"] else None
     fault_window = (faulty.get("switched_at"), faulty.get("switched_back_at")) if faulty else (None, None)
-    outside = [r for r in records if not (fault_window[0] and fault_window[0] <= r["start"] <= fault_window[1])]
+
+    def in_fault(r: dict) -> bool:
+        if r.get("served_by") is not None and faulty_version is not None:
+            return str(r["served_by"]) == faulty_version
+        return bool(fault_window[0] and fault_window[0] <= r["start"] <= (fault_window[1] or float("inf")))
+
+    outside = [r for r in records if not in_fault(r)]
     out["failed_requests_outside_fault"] = sum(1 for r in outside if not r["ok"])
     out["requests_outside_fault"] = len(outside)
     out["timeline"] = timeline(records, final.get("events") or [], load_started)
